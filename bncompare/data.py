@@ -1,0 +1,172 @@
+"""Datasets by name: local copies in $BNCOMPARE_DATA_DIR first, then Keras's downloaders.
+
+Every dataset comes back as float32 images in [0, 1] with a channel axis (N, H, W, C) and integer
+labels, so an MLP and a CNN read the same arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR_VARIABLE = "BNCOMPARE_DATA_DIR"
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2_000, 500
+
+# What to put where, per dataset, for the error shown when neither a local copy nor a download works.
+LOCAL_LAYOUT = {
+    "mnist": "mnist.npz (a NumPy archive with arrays x_train, y_train, x_test, y_test)",
+    "fashion_mnist": "fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz "
+                     "(the four original IDX files)",
+    "cifar10": "cifar-10-batches-py/ (the extracted CIFAR-10 python version: data_batch_1..5, "
+               "test_batch)",
+}
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be found or read; the message says what to put where."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(name: str, validation: str | float = "test", train_limit: int | None = None) -> Dataset:
+    """The named dataset split into training and validation data as the config asks."""
+    x_train, y_train, x_test, y_test = _raw(name)
+    if validation == "test":
+        x_val, y_val = x_test, y_test
+    else:
+        # The last fraction of the training split, as Keras's validation_split does.
+        cut = len(x_train) - int(round(len(x_train) * float(validation)))
+        x_train, y_train, x_val, y_val = x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:]
+    if train_limit is not None:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    classes = int(max(y_train.max(), y_val.max())) + 1
+    return Dataset(name, x_train, y_train, x_val, y_val, classes)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) as float32 NHWC in [0, 1] and int32 labels."""
+    if name == "synthetic":
+        return synthetic()
+    arrays = _local(name) or _download(name)
+    x_train, y_train, x_test, y_test = arrays
+    return _images(x_train), _labels(y_train), _images(x_test), _labels(y_test)
+
+
+def _images(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    return (x.astype(np.float32) / 255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y).reshape(-1).astype(np.int32)
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get(DATA_DIR_VARIABLE)
+    return Path(value).expanduser() if value else None
+
+
+def _local(name: str):
+    """Arrays from $BNCOMPARE_DATA_DIR in Keras's file layout, or None when no copy is there."""
+    root = data_dir()
+    if root is None:
+        return None
+    try:
+        if name == "mnist" and (root / "mnist.npz").is_file():
+            # Read with NumPy, not Keras: Keras's loader checks the download's hash, which a
+            # re-packed copy of the same data does not match.
+            with np.load(root / "mnist.npz") as f:
+                return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+        if name == "fashion_mnist" and (root / "fashion-mnist").is_dir():
+            folder = root / "fashion-mnist"
+            return (_idx(folder / "train-images-idx3-ubyte.gz"), _idx(folder / "train-labels-idx1-ubyte.gz"),
+                    _idx(folder / "t10k-images-idx3-ubyte.gz"), _idx(folder / "t10k-labels-idx1-ubyte.gz"))
+        if name == "cifar10" and (root / "cifar-10-batches-py").is_dir():
+            return _cifar10(root / "cifar-10-batches-py")
+    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise DataError(f"{name}: the local copy in {root} is unreadable ({e}); expected "
+                        f"{LOCAL_LAYOUT[name]}") from None
+    return None
+
+
+def _idx(path: Path) -> np.ndarray:
+    """Read a gzipped IDX file (the format MNIST and Fashion-MNIST are published in)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _cifar10(folder: Path):
+    def batch(file: str):
+        with open(folder / file, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        return d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.array(d[b"labels"])
+
+    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = batch("test_batch")
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_test, y_test)
+
+
+def _download(name: str):
+    """Keras's own loader (downloads to ~/.keras/datasets); a DataError saying what to do if it fails."""
+    from bncompare.backend import import_keras
+
+    keras = import_keras()
+    loader = getattr(keras.datasets, name)
+    try:
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
+    except Exception as e:  # noqa: BLE001 - any failure here means "no data"; say what to do
+        root = data_dir()
+        where = (f"${DATA_DIR_VARIABLE} ({root}) has no copy" if root
+                 else f"${DATA_DIR_VARIABLE} is not set")
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{name} is not available: {where} and the download failed ({reason}). "
+                        f"Put {LOCAL_LAYOUT[name]} in a folder and set {DATA_DIR_VARIABLE} to "
+                        f"that folder.") from None
+    return x_train, y_train, x_test, y_test
+
+
+def synthetic(seed: int = 0):
+    """A small, learnable, MNIST-shaped dataset: 10 blurry class prototypes plus noise.
+
+    Generated from a fixed seed, so every run of an experiment sees the same data, as with a real
+    dataset; the run's own seed then varies only initialisation and batch order.
+    """
+    rng = np.random.default_rng(seed)
+    classes = 10
+    coarse = rng.random((classes, 7, 7))
+    prototypes = np.kron(coarse, np.ones((4, 4)))  # 7x7 -> 28x28 blocks: structure a CNN can use
+
+    def sample(n: int):
+        labels = rng.integers(0, classes, n)
+        contrast = rng.uniform(0.2, 0.6, (n, 1, 1))
+        noise = rng.normal(0.0, 0.6, (n, 28, 28))
+        x = np.clip(prototypes[labels] * contrast + noise, 0.0, 1.0)
+        return x[..., None].astype(np.float32), labels.astype(np.int32)
+
+    x_train, y_train = sample(SYNTHETIC_TRAIN)
+    x_test, y_test = sample(SYNTHETIC_TEST)
+    return x_train, y_train, x_test, y_test

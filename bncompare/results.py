@@ -1,0 +1,288 @@
+"""The on-disk format: atomic strict-JSON writes, run claims, the metrics file, tolerant reading.
+
+Layout: <out>/<experiment>/<run_id>/{config.yaml, metrics.json, .claim}.
+
+Safety rules, each for a failure other tools have:
+- every file is written to a temporary file in the same directory, fsynced, then os.replace()d, so a
+  reader (or a crash) never sees half a file;
+- NaN and inf become null, so metrics.json is strict JSON that every parser accepts;
+- a run is claimed by an exclusive lock (flock) on its `.claim` file before training. The kernel drops
+  the lock when the process dies, even by SIGKILL, so a dead process's claim is free to take, and a
+  reader can tell a live `running` run from one whose process is gone (reported as `interrupted`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "diverged")  # results; a rerun skips them
+HISTORY_KEYS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+METRICS_FILE, CONFIG_FILE, CLAIM_FILE = "metrics.json", "config.yaml", ".claim"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- atomic, strict writes ------------------------------------------------------------------------
+
+
+def strict(value: Any) -> Any:
+    """A copy safe for strict JSON: NaN/inf -> None, NumPy scalars and arrays -> Python values."""
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy
+        return strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; results are shared like any other file.
+FILE_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def to_json(value: Any, indent: str = "") -> str:
+    """Strict JSON, one key per line, lists on one line: readable and diff-friendly."""
+    if isinstance(value, dict) and value:
+        inner = indent + "  "
+        items = ",\n".join(f"{inner}{json.dumps(str(k))}: {to_json(v, inner)}" for k, v in value.items())
+        return "{\n" + items + "\n" + indent + "}"
+    return json.dumps(value, allow_nan=False, separators=(", ", ": "))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, to_json(strict(data)) + "\n")
+
+
+def write_config(path: Path, config: dict[str, Any], header: str) -> None:
+    body = yaml.safe_dump(strict(config), sort_keys=False, default_flow_style=None)
+    write_atomic(path, f"# {header}\n{body}")
+
+
+# ---- claims ---------------------------------------------------------------------------------------
+
+
+class Claim:
+    """An exclusive, crash-safe claim on one run directory (see the module docstring)."""
+
+    def __init__(self, fd: int, path: Path):
+        self._fd, self.path = fd, path
+
+    @classmethod
+    def acquire(cls, run_dir: Path, attempts: int = 5) -> "Claim | None":
+        """The claim, or None when a live process holds it."""
+        path = run_dir / CLAIM_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(attempts):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # A reader checking liveness holds a shared lock for a moment; retry briefly before
+                # concluding another trainer owns the run.
+                if attempt == attempts - 1:
+                    os.close(fd)
+                    return None
+                time.sleep(0.05)
+        # The file is never deleted (deleting a lock file races with its next opener); its content is
+        # only for people: who holds the run.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": now()}).encode(), 0)
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def claim_holder(run_dir: Path) -> str:
+    """Who holds a claim, for messages ("pid 123 on host")."""
+    try:
+        info = json.loads((run_dir / CLAIM_FILE).read_text())
+        return f"pid {info['pid']} on {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def is_claimed(run_dir: Path) -> bool:
+    """True while a live process holds the run's claim."""
+    try:
+        fd = os.open(run_dir / CLAIM_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---- the metrics file -----------------------------------------------------------------------------
+
+
+class MetricsFile:
+    """Builds one run's metrics.json, rewriting it atomically at every change."""
+
+    def __init__(self, run_dir: Path, *, experiment: str, run_id: str, variant: str,
+                 params: dict[str, Any], environment: dict[str, Any]):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION, "experiment": experiment, "run_id": run_id,
+            "variant": variant, "status": "running", "params": params,
+            "history": {key: [] for key in HISTORY_KEYS},
+            "final": {}, "diverged_at": None, "error": None, "environment": environment,
+            "started_at": now(), "finished_at": None,
+        }
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+    def add_point(self, point: dict[str, Any], blocks: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
+        """Append one eval point to the history; `blocks` are per-layer records (activations...)."""
+        for key in HISTORY_KEYS:
+            self.data["history"][key].append(point.get(key))
+        for block, layers in (blocks or {}).items():
+            target = self.data.setdefault(block, {})
+            for layer, values in layers.items():
+                series = target.setdefault(layer, {})
+                for stat, value in values.items():
+                    series.setdefault(stat, []).append(value)
+        self.save()
+
+    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
+        history = self.data["history"]
+        accuracies = [a for a in history["val_accuracy"] if a is not None and math.isfinite(a)]
+        last = {key: history[key][-1] for key in HISTORY_KEYS} if history["step"] else {}
+        self.data["final"] = {
+            "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
+            "best_val_accuracy": max(accuracies) if accuracies else None,
+            "train_seconds": last.get("seconds"),
+        }
+        self.data.update(status=status, diverged_at=diverged_at, error=error, finished_at=now())
+        self.save()
+
+
+# ---- reading runs back ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as read from disk."""
+
+    path: Path
+    metrics: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.metrics["status"]
+
+    @property
+    def run_id(self) -> str:
+        return self.metrics["run_id"]
+
+
+class UnreadableRun(ValueError):
+    """A run directory whose metrics cannot be used; the message says why."""
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read one run's metrics; a `running` run whose process is gone reads as `interrupted`."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UnreadableRun("no metrics.json") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnreadableRun(f"cannot read metrics.json ({e})") from None
+    if not text.strip():
+        raise UnreadableRun("metrics.json is empty")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:
+        raise UnreadableRun(f"metrics.json is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+        raise UnreadableRun("metrics.json is not a bncompare metrics file (schema 1)")
+    missing = [k for k in ("run_id", "status", "params", "history") if k not in data]
+    if missing or data["status"] not in STATUSES:
+        raise UnreadableRun(f"metrics.json lacks {', '.join(missing) or 'a known status'}")
+    if data["status"] == "running" and not is_claimed(Path(run_dir)):
+        data["status"] = "interrupted"  # its process died without saying so (SIGKILL, power loss)
+    return RunRecord(Path(run_dir), data)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def run_dirs(root: Path) -> Iterator[Path]:
+    """Run directories under a results root, an experiment directory, or a run directory itself."""
+    root = Path(root)
+    if (root / METRICS_FILE).exists():
+        yield root
+        return
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (child / METRICS_FILE).exists() or (child / CLAIM_FILE).exists():
+            yield child
+        else:
+            yield from (g for g in sorted(child.iterdir())
+                        if g.is_dir() and ((g / METRICS_FILE).exists() or (g / CLAIM_FILE).exists()))
+
+
+def read_results(root: Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Every readable run under `root`, and (path, reason) for each run that could not be read."""
+    runs, unreadable = [], []
+    for run_dir in run_dirs(root):
+        try:
+            runs.append(read_run(run_dir))
+        except UnreadableRun as e:
+            unreadable.append((run_dir, str(e)))
+    return runs, unreadable
