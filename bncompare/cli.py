@@ -6,6 +6,7 @@ must answer at once; the heavy imports happen inside the command that needs them
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -67,15 +68,30 @@ def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
 
 
 def print_runs(runs: list[Run]) -> None:
-    """The expanded run list: one row per run, with the params that differ between runs."""
+    """The expanded run list with the params that differ between runs.
+
+    A table in a terminal; in a pipe, one `experiment/run_id key=value ...` line per run, which
+    shell scripts can grep and cut.
+    """
     keys = varying_keys(runs)
+    if not stdout.is_terminal:
+        for run in runs:
+            values = " ".join(f"{k}={json.dumps(run.params[k])}" for k in keys)
+            stdout.print(f"{run.experiment}/{run.run_id} variant={run.variant} {values} "
+                         f"seed={run.seed}".replace("  ", " "), soft_wrap=True)
+        return
+    experiments = sorted({r.experiment for r in runs})
     table = Table(header_style="bold", title_justify="left",
-                  title=f"{len(runs)} run{'s' * (len(runs) != 1)}")
-    for column in ["#", "experiment", "run id", "variant", *keys, "seed"]:
-        table.add_column(column)
-    for i, run in enumerate(runs, 1):
-        table.add_row(str(i), run.experiment, run.run_id, run.variant,
-                      *(str(run.params[k]) for k in keys), str(run.seed))
+                  title=f"{', '.join(experiments)}: {len(runs)} run{'s' * (len(runs) != 1)}")
+    # Run ids are what users copy into paths: never cut them.
+    table.add_column("run id", no_wrap=True)
+    if len(experiments) > 1:
+        table.add_column("experiment")
+    for key in keys:
+        table.add_column(key, overflow="fold")
+    for run in runs:
+        table.add_row(run.run_id, *([run.experiment] if len(experiments) > 1 else []),
+                      *(json.dumps(run.params[k]) for k in keys))
     stdout.print(table)
 
 
