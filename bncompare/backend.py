@@ -19,6 +19,20 @@ class DeviceError(RuntimeError):
     """The requested device is not available."""
 
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def select_backend(name: str | None) -> None:
+    """Choose Keras's backend; must run before Keras is imported (default: $KERAS_BACKEND, else
+    tensorflow)."""
+    if name is None:
+        return
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != name:
+        raise DeviceError(f"--backend {name}: Keras is already running on "
+                          f"{sys.modules['keras'].backend.backend()} in this process")
+    os.environ["KERAS_BACKEND"] = name
+
+
 def select_device(device: str) -> None:
     """Hide GPUs for `cpu`; must run before Keras is imported to take effect."""
     # TensorFlow prints pages of C++ log lines (oneDNN, CUDA probing) at import; users need none.
@@ -33,8 +47,14 @@ def import_keras():
     """Import Keras (and so its backend) with the quiet settings above."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" not in sys.modules:
-        with _without_native_logs():
-            import keras  # noqa: F401
+        try:
+            with _without_native_logs():
+                import keras  # noqa: F401
+        except ImportError as e:  # e.g. KERAS_BACKEND=jax without jax installed
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            raise DeviceError(f"the Keras backend {backend!r} cannot be imported ({e}); "
+                              f"install it (pip install {backend}) or choose another "
+                              f"with --backend") from None
     import keras
 
     return keras

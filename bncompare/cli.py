@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bncompare import __version__
@@ -26,6 +27,17 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class Backend(str, Enum):
+    tensorflow = "tensorflow"
+    jax = "jax"
+    torch = "torch"
+
+
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class Device(str, Enum):
@@ -56,7 +68,7 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error to stderr; the caller raises the returned Exit."""
-    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -104,6 +116,10 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress; print only the final summary line and errors.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible).")] = 1,
+    backend: Annotated[Optional[Backend], typer.Option("--backend", help="Keras backend [default: $KERAS_BACKEND, else tensorflow].")] = None,
+    executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per run.")] = Executor.local,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address [default: start a local Ray instance].")] = None,
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
 
@@ -115,22 +131,62 @@ def run(
         print_runs(runs)
         return
     from bncompare import runner
-    from bncompare.backend import DeviceError
+    from bncompare.backend import DeviceError, select_backend
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay
 
-    try:
-        prepared = runner.prepare(runs, device.value)
+    try:  # everything the user must fix fails here, before anything is written
+        select_backend(backend.value if backend else None)
+        with runner.sigterm_as_interrupt():  # `kill` while TensorFlow loads exits 130 too
+            prepared = _check(runs, executor, jobs, device, address)
     except (DataError, DeviceError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
     live = stdout.is_terminal and not quiet
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
-    with display:
-        outcomes = runner.execute(runs, out, prepared, display, force=force)
+    try:
+        with display:
+            outcomes, interrupted = _train(runs, out, display, prepared, executor, jobs, device,
+                                           address, force)
+    except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
+        raise fail(str(e)) from None
     display.summary(outcomes)
-    raise typer.Exit(runner.exit_code(outcomes))
+    raise typer.Exit(runner.exit_code(outcomes, interrupted))
+
+
+def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, address: str | None):
+    """Fail early on what the chosen executor will need; return the local single-process setup."""
+    from bncompare import parallel, runner
+    from bncompare.backend import DeviceError
+
+    if executor is Executor.ray:
+        from bncompare.ray_executor import import_ray
+
+        import_ray()
+        if address is None:  # a local Ray instance reads the same data as we do
+            runner.load_data(runs)
+        return None
+    if jobs == 1:
+        return runner.prepare(runs, device.value)
+    # The workers import the backend; importing it here would hold GPU memory they need.
+    runner.load_data(runs)
+    if device is Device.gpu and not parallel.visible_gpus():
+        raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
+    return None
+
+
+def _train(runs, out, display, prepared, executor, jobs, device, address, force):
+    """Train on the chosen executor; return (outcomes, interrupted)."""
+    from bncompare import parallel, runner
+
+    if executor is Executor.ray:
+        from bncompare.ray_executor import execute_ray
+
+        return execute_ray(runs, out, display, address=address, device=device.value, force=force)
+    if jobs > 1:
+        return parallel.execute_parallel(runs, out, display, jobs=jobs, device=device.value, force=force)
+    return runner.execute(runs, out, prepared, display, force=force), False
 
 
 @app.command()
@@ -141,6 +197,104 @@ def validate(config: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
     runs = _load([config], overrides)
     stdout.print(f"{config}: valid")
     print_runs(runs)
+
+
+class Metric(str, Enum):
+    val_accuracy = "val_accuracy"
+    val_loss = "val_loss"
+    accuracy = "accuracy"
+    loss = "loss"
+
+
+class XAxis(str, Enum):
+    epoch = "epoch"
+    step = "step"
+    time = "time"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+class TableFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+ResultsDir = Annotated[Path, typer.Argument(
+    metavar="RESULTS_DIR", help="A results root, one experiment's directory, or one run's directory.")]
+
+
+def _results(root: Path):
+    """The finished runs under `root`, after one warning per skipped run; exit 2 when none."""
+    from rich.markup import escape
+
+    from bncompare.aggregate import NoResults, load
+
+    try:
+        results = load(root)
+    except NoResults as e:
+        raise fail(escape(str(e))) from None
+    for path, reason in results.skipped:
+        stderr.print(f"[yellow]warning:[/] skipped {escape(str(path))}: {escape(reason)}", soft_wrap=True)
+    if not results.experiments:
+        raise fail(f"{escape(str(root))}: no finished runs (skipped all {len(results.skipped)})")
+    return results
+
+
+def _skipped_note(results) -> str:
+    n = len(results.skipped)
+    return f"; skipped {n} unfinished or unreadable run{'s' * (n != 1)} (warnings above)" if n else ""
+
+
+@app.command()
+def plot(
+    results_dir: ResultsDir,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
+    metric: Annotated[Metric, typer.Option("--metric", help="Main metric: its curves come first; "
+                                           "sweep plots show its final and best value.")] = Metric.val_accuracy,
+    x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
+    image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
+) -> None:
+    """Draw learning curves, sweep plots and recorded internals for every experiment in RESULTS_DIR.
+
+    Runs still running, failed or unreadable are skipped with a warning; diverged runs are marked.
+    """
+    results = _results(results_dir)
+    from bncompare.plots import plot_results
+
+    written = plot_results(results, metric.value, x.value, image_format.value, out)
+    for path in written:
+        stdout.print(str(path), soft_wrap=True)
+    stdout.print(f"{len(written)} figure{'s' * (len(written) != 1)} from {results.runs} "
+                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def summary(
+    results_dir: ResultsDir,
+    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+) -> None:
+    """Print one row per condition (runs differing only in seed): val accuracy mean ± std, best,
+    training time and status counts. Skipped runs are reported on stderr."""
+    results = _results(results_dir)
+    from bncompare.summary import render
+
+    rendered = render(results, table_format.value)
+    if isinstance(rendered, str):
+        typer.echo(rendered)
+    elif stdout.is_terminal:
+        stdout.print(rendered)
+    else:  # a pipe or a file: rich would wrap the cells at 80 columns; give the table its width
+        width = stdout.measure(rendered, options=stdout.options.update_width(1000)).maximum
+        Console(width=width, highlight=False).print(rendered)
+    if results.skipped:
+        stderr.print(f"{results.runs} runs summarised{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -342,7 +342,9 @@ def expand(experiment: Experiment) -> list[Run]:
     where = _Where(experiment.source, experiment.lines)
     variants = experiment.variants or {"base": {}}
     axes = list(experiment.sweep)
-    id_keys = axes + [k for k in experiment.set_keys if k not in axes]
+    # Keys that change speed, not results (in_run_id=False), stay out of the readable part too.
+    id_keys = [k for k in axes + [k for k in experiment.set_keys if k not in axes]
+               if SCHEMA[k].in_run_id]
     runs: list[Run] = []
     for variant, overrides in variants.items():
         for combo in itertools.product(*(experiment.sweep[k] for k in axes)):

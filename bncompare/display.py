@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
@@ -27,12 +28,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 class PlainDisplay(Listener):
-    """One line per eval point and per run: for logs, pipes, CI, and `--quiet` (summary only)."""
+    """One line per eval point and per run: for logs, pipes, CI, and `--quiet` (summary only).
+
+    `slot` tells parallel workers (`--jobs`) apart; a single process is always slot 0.
+    """
 
     def __init__(self, console: Console, out: Path, quiet: bool = False):
         self.console, self.out, self.quiet = console, out, quiet
         self.total = self.index = 0
-        self.run = self.schedule = None
+        self.current: dict[int, tuple] = {}  # slot -> (run, schedule)
 
     def __enter__(self):
         return self
@@ -43,26 +47,32 @@ class PlainDisplay(Listener):
     def sweep_started(self, runs) -> None:
         self.total, self.index = len(runs), 0
 
-    def started(self, run, schedule) -> None:
-        self.run, self.schedule = run, schedule
+    def started(self, run, schedule, slot: int = 0) -> None:
+        self.current[slot] = (run, schedule)
 
-    def point(self, point: dict[str, Any]) -> None:
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
+        """Plain output has no per-step line: a log gets one line per eval point."""
+
+    def point(self, point: dict[str, Any], slot: int = 0) -> None:
         if self.quiet:
             return
+        run, schedule = self.current[slot]
         self.console.print(
-            f"[{self.index + 1}/{self.total}] {self.run.run_id} epoch {point['epoch']} "
-            f"step {point['step']}/{self.schedule.total_steps} loss {_fmt(point['loss'])} "
+            f"[{self.index + 1}/{self.total}] {run.run_id} epoch {point['epoch']} "
+            f"step {point['step']}/{schedule.total_steps} loss {_fmt(point['loss'])} "
             f"acc {_fmt(point['accuracy'])} val_loss {_fmt(point['val_loss'])} "
             f"val_acc {_fmt(point['val_accuracy'])} ({point['seconds']:.1f} s)",
             highlight=False, soft_wrap=True)
 
-    def run_finished(self, outcome) -> None:
+    def run_finished(self, outcome, slot: int = 0) -> None:
         self.index += 1
         if self.quiet and outcome.status not in ("failed", "interrupted"):
             return
         final = outcome.final or {}
-        detail = f"val_acc {_fmt(final.get('val_accuracy'))}" if final else ""
-        note = f" ({outcome.note})" if outcome.note else ""
+        seconds = final.get("train_seconds")
+        detail = (f"val_acc {_fmt(final.get('val_accuracy'))}"
+                  + (f" in {seconds:.1f} s" if seconds is not None else "")) if final else ""
+        note = f" ({escape(outcome.note)})" if outcome.note else ""  # error texts hold [brackets]
         self.console.print(f"[{self.index}/{self.total}] {outcome.run.run_id} "
                            f"[{STATUS_STYLE[outcome.status]}]{outcome.status}[/] {detail}{note}",
                            highlight=False, soft_wrap=True)
@@ -82,7 +92,8 @@ class LiveDisplay(PlainDisplay):
             TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
             TimeRemainingColumn(), console=console, transient=True)
-        self.sweep_task = self.run_task = None
+        self.sweep_task = None
+        self.run_tasks: dict[int, Any] = {}  # slot -> progress task of the run it trains
 
     def __enter__(self):
         self.progress.start()
@@ -95,20 +106,23 @@ class LiveDisplay(PlainDisplay):
         super().sweep_started(runs)
         self.sweep_task = self.progress.add_task("runs", total=len(runs), info="")
 
-    def started(self, run, schedule) -> None:
-        super().started(run, schedule)
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
-        self.run_task = self.progress.add_task(run.run_id, total=schedule.total_steps, info="")
+    def started(self, run, schedule, slot: int = 0) -> None:
+        super().started(run, schedule, slot)
+        if slot in self.run_tasks:
+            self.progress.remove_task(self.run_tasks[slot])
+        self.run_tasks[slot] = self.progress.add_task(run.run_id, total=schedule.total_steps, info="")
 
-    def step(self, step: int, loss: float, accuracy: float) -> None:
-        epochs = -(-self.schedule.total_steps // self.schedule.steps_per_epoch)
-        epoch = min(step // self.schedule.steps_per_epoch + 1, epochs)
-        self.progress.update(self.run_task, completed=step,
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
+        schedule = self.current[slot][1]
+        epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
+        epoch = min(step // schedule.steps_per_epoch + 1, epochs)
+        self.progress.update(self.run_tasks[slot], completed=step,
                              info=f"epoch {epoch}/{epochs}  loss {loss:.4f}  acc {accuracy:.4f}")
 
-    def run_finished(self, outcome) -> None:
-        super().run_finished(outcome)
+    def run_finished(self, outcome, slot: int = 0) -> None:
+        super().run_finished(outcome, slot)
+        if slot in self.run_tasks:  # a finished run's bar goes; the runs bar counts it
+            self.progress.remove_task(self.run_tasks.pop(slot))
         self.progress.advance(self.sweep_task)
 
 

@@ -67,7 +67,10 @@ FILE_MODE = 0o666 & ~_umask()
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -75,12 +78,19 @@ def write_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same error, naming the file we meant to write (a full disk's write error names none)."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def to_json(value: Any, indent: str = "") -> str:

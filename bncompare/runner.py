@@ -11,6 +11,7 @@ import platform
 import signal
 import socket
 import subprocess
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any, Iterator
 
 from bncompare import __version__
 from bncompare.config import Run
-from bncompare.results import (CONFIG_FILE, FINISHED, Claim, UnreadableRun, claim_holder, read_run,
-                               write_config)
+from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, UnreadableRun, claim_holder,
+                               now, read_run, write_config, write_json)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -50,16 +51,22 @@ def prepare(runs: list[Run], device: str) -> Prepared:
     Raises DataError or DeviceError (both mean: exit 2, nothing written).
     """
     from bncompare.backend import check_device, import_keras, select_device
-    from bncompare.data import load_dataset
 
     select_device(device)
     keras = import_keras()
     described = check_device(device)
+    return Prepared(load_data(runs), environment(keras, described))
+
+
+def load_data(runs: list[Run]) -> dict[tuple, Any]:
+    """Every dataset the runs need, by data_key; raises DataError when one is missing."""
+    from bncompare.data import load_dataset
+
     datasets = {}
     for run in runs:
         if data_key(run) not in datasets:
             datasets[data_key(run)] = load_dataset(*data_key(run))
-    return Prepared(datasets, environment(keras, described))
+    return datasets
 
 
 def environment(keras, device: str) -> dict[str, Any]:
@@ -109,49 +116,84 @@ def finished_record(run_dir: Path) -> dict[str, Any] | None:
 
 def execute(runs: list[Run], out: Path, prepared: Prepared, display, *, force: bool = False) -> list[Outcome]:
     """Train every run that is not finished yet; stop at the first interrupt (Ctrl-C, SIGTERM)."""
+    from bncompare import packed
+    from bncompare.backend import import_keras
     from bncompare.train import train_and_evaluate
 
     outcomes: list[Outcome] = []
     display.sweep_started(runs)
     with sigterm_as_interrupt():
-        for run in runs:
-            try:
-                outcome = _execute_one(run, out, prepared, display, force, train_and_evaluate)
-            except KeyboardInterrupt:  # between runs: nothing of this run was written
-                outcome = Outcome(run, "interrupted", note="interrupted")
-            outcomes.append(outcome)
-            display.run_finished(outcome)
-            if outcome.status == "interrupted":
+        # `train.pack: auto` trains runs that see identical batches together (see packed.py).
+        for group, pack in packed.plan(runs, import_keras().backend.backend()):
+            if pack:
+                done = packed.execute_pack(group, out, prepared, display, force)
+            else:
+                try:
+                    done = [execute_one(group[0], out, prepared, display, force, train_and_evaluate)]
+                except KeyboardInterrupt:  # between runs: nothing of this run was written
+                    done = [Outcome(group[0], "interrupted", note="interrupted")]
+                display.run_finished(done[0])
+            outcomes.extend(done)
+            if any(outcome.status == "interrupted" for outcome in done):
                 break
     return outcomes
 
 
-def _execute_one(run: Run, out: Path, prepared: Prepared, display, force: bool, train) -> Outcome:
+def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Outcome | None]:
+    """Skip a finished run, else claim it and write its config.yaml.
+
+    Returns (run_dir, claim, None) when this process is to train the run, else
+    (run_dir, None, outcome) saying why not (done before, busy elsewhere, disk refused).
+    """
     run_dir = out / run.experiment / run.run_id
     done = None if force else finished_record(run_dir)
     if done:
-        return Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
+        return run_dir, None, Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         claim = Claim.acquire(run_dir)
     except OSError as e:
-        return Outcome(run, "failed", note=f"cannot write {e.filename or run_dir}: {e.strerror or e}")
+        return run_dir, None, _cannot_write(run, run_dir, e)
     if claim is None:
-        return Outcome(run, "busy", note=f"being trained by {claim_holder(run_dir)}")
+        return run_dir, None, Outcome(run, "busy", note=f"being trained by {claim_holder(run_dir)}")
+    # Another process may have finished it between our first look and our claim.
+    done = None if force else finished_record(run_dir)
+    if done:
+        claim.release()
+        return run_dir, None, Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
     try:
-        # Another process may have finished it between our first look and our claim.
-        done = None if force else finished_record(run_dir)
-        if done:
-            return Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
-        write_config(run_dir / CONFIG_FILE, run.to_config(),
-                     f"bncompare {__version__}: resolved config of run {run.run_id} "
-                     f"(`bncompare run` this file to reproduce it)")
+        write_run_config(run_dir, run)
+    except OSError as e:
+        claim.release()
+        return run_dir, None, _cannot_write(run, run_dir, e)
+    return run_dir, claim, None
+
+
+def write_run_config(run_dir: Path, run: Run) -> None:
+    write_config(run_dir / CONFIG_FILE, run.to_config(),
+                 f"bncompare {__version__}: resolved config of run {run.run_id} "
+                 f"(`bncompare run` this file to reproduce it)")
+
+
+def _cannot_write(run: Run, run_dir: Path, error: OSError) -> Outcome:
+    return Outcome(run, "failed", note=f"cannot write {error.filename or run_dir}: {error.strerror or error}")
+
+
+def execute_one(run: Run, out: Path, prepared: Prepared, display, force: bool, train) -> Outcome:
+    """Train one run unless it is finished or claimed elsewhere; never raises for one bad run."""
+    run_dir, claim, outcome = claim_run(run, out, force)
+    if outcome is not None:
+        return outcome
+    try:
         status = train(run, run_dir, prepared.datasets[data_key(run)],
                        environment=prepared.environment, listener=display)
     except KeyboardInterrupt:
         return Outcome(run, "interrupted", note="interrupted")
     except OSError as e:  # the disk said no (read-only, full) while saving this run
-        return Outcome(run, "failed", note=f"cannot write {e.filename or run_dir}: {e.strerror or e}")
+        return _cannot_write(run, run_dir, e)
+    except Exception as e:  # noqa: BLE001 - a bug outside training's own guard must not stop the sweep
+        _record_failure(run_dir, e)
+        return Outcome(run, "failed", note=f"{type(e).__name__}: {e}")
     finally:
         claim.release()
     metrics = read_run(run_dir).metrics
@@ -159,9 +201,24 @@ def _execute_one(run: Run, out: Path, prepared: Prepared, display, force: bool, 
     return Outcome(run, status, metrics.get("final") or {}, note)
 
 
-def exit_code(outcomes: list[Outcome]) -> int:
+def _record_failure(run_dir: Path, error: Exception) -> None:
+    """Mark a run that broke outside training's own error handling as failed, if it has a file."""
+    try:
+        metrics = read_run(run_dir).metrics
+    except UnreadableRun:  # it broke before its metrics.json existed: the outcome says why
+        return
+    if metrics["status"] == "running":
+        metrics.update(status="failed", finished_at=now(),
+                       error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        try:
+            write_json(run_dir / METRICS_FILE, metrics)
+        except OSError:
+            pass
+
+
+def exit_code(outcomes: list[Outcome], interrupted: bool = False) -> int:
     statuses = {o.status for o in outcomes}
-    if "interrupted" in statuses:
+    if interrupted or "interrupted" in statuses:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if "failed" in statuses else EXIT_OK
 

@@ -153,6 +153,15 @@ def initializer(value: Any) -> Any:
     return name if not kwargs else {"name": name, **dict(sorted(kwargs.items()))}
 
 
+def pack_mode(value: Any) -> str:
+    """auto | off; YAML 1.1 reads a bare `off` as false, which means off too."""
+    if value is False or value == "off":
+        return "off"
+    if value == "auto":
+        return "auto"
+    raise ValueError(f"expected auto or off, got {_describe(value)}")
+
+
 # ---- the schema ----------------------------------------------------------------------------------
 
 
@@ -224,6 +233,19 @@ SCHEMA: dict[str, Option] = {
                           optional(integer(minimum=1)), short="steps"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
                           "aggregate over seeds", list_of(integer(minimum=0))),
+    # speed only: these never change what a run learns, so they stay out of run ids
+    "train.steps_per_execution": Option(
+        "auto", "optimizer steps per compiled call (auto: 128). Divergence checks and progress "
+        "happen once per call, so a NaN loss is reported at the end of the call it occurred in",
+        either("auto", integer(minimum=1), "a number of steps >= 1"), in_run_id=False),
+    "train.jit_compile": Option(
+        "auto", "compile training with XLA: auto (on; measured faster on CPU) | true | false",
+        either("auto", boolean, "true or false"), in_run_id=False),
+    "train.pack": Option(
+        "auto", "auto: runs of one invocation that share data, batch size, schedule and seed train "
+        "together in one compiled step on identical batches (TensorFlow backend; runs recording "
+        "activations, gradients or TensorBoard train alone) | off: one run after another",
+        pack_mode, in_run_id=False),
     # record
     "record.eval_every": Option("epoch", 'evaluate on the validation data every "epoch" or every N '
                                 "optimizer steps (step-level curves)",

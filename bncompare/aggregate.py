@@ -1,0 +1,327 @@
+"""Results for plots and tables: runs read back tolerantly, grouped into conditions, averaged over seeds.
+
+A *condition* is the set of runs whose params differ only in `train.seed`. Within an experiment the
+params that vary split in two: those a variant sets (constant within each variant, e.g.
+`model.batch_norm`) and the *facet keys*, varied independently of the variant (by a sweep, or by
+`--set` in a shell loop). Plots colour by variant and draw one small multiple per combination of
+facet values; a numeric facet key is also a sweep axis.
+
+Diverged runs are results: they stay in their condition and are counted, but the final and best
+metrics are means over the seeds that did not diverge (a NaN network has no meaningful accuracy).
+
+No matplotlib here; NumPy only for the per-eval-point mean and std of curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bncompare.config import Run, varying_keys
+from bncompare.results import FINISHED, HISTORY_KEYS, RunRecord, read_results
+
+# --x choices -> the history series that holds them.
+X_SERIES = {"epoch": "epoch", "step": "step", "time": "seconds"}
+# Metrics where lower is better; "best" is then the minimum.
+LOWER_IS_BETTER = ("loss", "val_loss")
+
+
+class NoResults(ValueError):
+    """RESULTS_DIR does not exist or holds no usable runs; the message says which."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean, sample standard deviation (None below two values) and count of finite values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> "Stats":
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if not finite:
+            return cls(None, None, 0)
+        std = statistics.stdev(finite) if len(finite) > 1 else None
+        return cls(statistics.fmean(finite), std, len(finite))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A series averaged over seeds, point by point: eval point i of every seed is aligned."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray  # 0 where fewer than two seeds have the point
+    n: np.ndarray
+
+
+def _series(values: Any) -> np.ndarray:
+    """A stored list (null for NaN/inf) as floats; anything else as an empty series."""
+    if not isinstance(values, list):
+        return np.empty(0)
+    return np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+                     for v in values], dtype=float)
+
+
+def series(run: RunRecord, path: tuple[str, ...]) -> np.ndarray:
+    """One recorded series, e.g. ("history", "val_accuracy") or ("activations", "layer_1", "p50")."""
+    node: Any = run.metrics
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return _series(node)
+
+
+def mean_curve(columns: list[tuple[np.ndarray, np.ndarray]]) -> Curve | None:
+    """Average (x, y) series of several seeds index by index; seeds may stop early (diverged)."""
+    pairs = [(x[:len(y)], y[:len(x)]) for x, y in columns if len(x) and len(y)]
+    if not pairs:
+        return None
+    length = max(len(y) for _, y in pairs)
+    xs = np.full((len(pairs), length), np.nan)
+    ys = np.full((len(pairs), length), np.nan)
+    for row, (x, y) in enumerate(pairs):
+        xs[row, :len(x)], ys[row, :len(y)] = x, y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.sum(np.isfinite(ys), axis=0)
+        mean = np.nansum(np.where(np.isfinite(ys), ys, 0), axis=0) / n
+        squares = np.where(np.isfinite(ys), (ys - mean) ** 2, 0).sum(axis=0)
+        std = np.where(n > 1, np.sqrt(squares / np.maximum(n - 1, 1)), 0.0)
+        x = np.nanmean(np.where(np.isfinite(ys), xs, np.nan), axis=0)  # time differs per seed
+    keep = n > 0
+    return Curve(x[keep], mean[keep], std[keep], n[keep])
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+@dataclass
+class Condition:
+    """Runs of one experiment and variant that differ only in their seed."""
+
+    experiment: str
+    variant: str
+    facets: tuple[tuple[str, Any], ...]  # (key, value) of every facet key of the experiment
+    runs: list[RunRecord]
+
+    @property
+    def statuses(self) -> Counter:
+        return Counter(run.status for run in self.runs)
+
+    @property
+    def kept(self) -> list[RunRecord]:
+        """The runs whose metrics count: those that did not diverge."""
+        return [run for run in self.runs if run.status != "diverged"]
+
+    def final(self, metric: str) -> Stats:
+        """The metric at the last eval point, over the seeds that did not diverge."""
+        return Stats.of(float(v[-1]) if len(v) else None
+                        for v in (series(r, ("history", metric)) for r in self.kept))
+
+    def best(self, metric: str) -> Stats:
+        """The best value of the metric over training (min for losses), over non-diverged seeds."""
+        pick = np.min if metric in LOWER_IS_BETTER else np.max
+        return Stats.of(float(pick(v)) if len(v) else None
+                        for v in (_finite(series(r, ("history", metric))) for r in self.kept))
+
+    def train_seconds(self) -> Stats:
+        """Training time (evaluation excluded) of every run, diverged ones up to their divergence."""
+        return Stats.of(float(v[-1]) if len(v) else None
+                        for v in (_finite(series(r, ("history", "seconds"))) for r in self.runs))
+
+    def curve(self, path: tuple[str, ...], x: str) -> Curve | None:
+        """Mean and std over seeds of a recorded series against epoch, step or time."""
+        return mean_curve([(series(r, ("history", X_SERIES[x])), series(r, path)) for r in self.runs])
+
+    def diverged_ends(self, path: tuple[str, ...], x: str) -> list[tuple[float, float | None]]:
+        """(x, y) where each diverged run broke: x from `diverged_at` (epoch, step) or its last
+        point (time); y its last recorded value, None when it diverged before the first eval."""
+        ends = []
+        for run in self.runs:
+            if run.status != "diverged":
+                continue
+            xs, ys = series(run, ("history", X_SERIES[x])), series(run, path)
+            ok = np.flatnonzero(np.isfinite(xs[:len(ys)]) & np.isfinite(ys[:len(xs)]))
+            at = run.metrics.get("diverged_at")
+            at_x = at.get(x) if isinstance(at, dict) else None
+            if not is_number(at_x):
+                at_x = xs[ok[-1]] if len(ok) else math.nan
+            ends.append((float(at_x), float(ys[ok[-1]]) if len(ok) else None))
+        return ends
+
+    def has(self, block: str) -> bool:
+        return any(isinstance(run.metrics.get(block), dict) and run.metrics[block] for run in self.runs)
+
+    def block_keys(self, block: str) -> list[str]:
+        """Layer names (activations) or weight paths (gradients) recorded by any seed, in order."""
+        keys = {key for run in self.runs for key in (run.metrics.get(block) or {})}
+        return sorted(keys, key=natural)
+
+
+@dataclass
+class ExperimentResults:
+    """The usable runs of one experiment, grouped into conditions."""
+
+    name: str
+    directory: Path  # where its run directories are; plots go to directory/plots by default
+    variants: list[str]
+    facet_keys: list[str]
+    conditions: list[Condition]
+
+    @property
+    def sweep_keys(self) -> list[str]:
+        """Facet keys whose values are all numbers: each gets a sweep plot."""
+        return [key for key in self.facet_keys
+                if all(is_number(value) for value in self.values(key))]
+
+    def values(self, key: str) -> list[Any]:
+        """The distinct values of a facet key, sorted."""
+        distinct = {_canonical(c_value): c_value for c in self.conditions
+                    for k, c_value in c.facets if k == key}
+        return sorted(distinct.values(), key=sort_key)
+
+    def groups(self, without: tuple[str, ...] = ()) -> list[tuple[tuple[tuple[str, Any], ...], list[Condition]]]:
+        """Conditions grouped by their facet values (leaving out keys in `without`), sorted."""
+        grouped: dict[str, tuple[tuple, list[Condition]]] = {}
+        for condition in self.conditions:
+            facets = tuple((k, v) for k, v in condition.facets if k not in without)
+            grouped.setdefault(_canonical(facets), (facets, []))[1].append(condition)
+        return sorted(grouped.values(), key=lambda item: [sort_key(v) for _, v in item[0]])
+
+
+@dataclass
+class Results:
+    """Everything `plot` and `summary` work from."""
+
+    root: Path
+    experiments: list[ExperimentResults]
+    skipped: list[tuple[Path, str]]  # (run directory, why it was skipped)
+    variants: list[str]  # every variant name, sorted: its index picks its colour in every figure
+
+    @property
+    def runs(self) -> int:
+        return sum(len(c.runs) for e in self.experiments for c in e.conditions)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def load(root: Path) -> Results:
+    """Read every run under a results root, an experiment directory or a run directory.
+
+    Runs that are not finished (running, failed, interrupted) or not usable are listed in
+    `skipped` with the reason (so `experiments` may be empty); raise NoResults when `root` is
+    missing or holds no run directories at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NoResults(f"{root}: no such directory")
+    runs, skipped = read_results(root)
+    if not runs and not skipped:
+        raise NoResults(f"{root}: no runs found (expected <experiment>/<run_id>/metrics.json)")
+    usable = []
+    for run in runs:
+        problem = _problem(run)
+        if problem:
+            skipped.append((run.path, problem))
+        else:
+            usable.append(run)
+    by_experiment: dict[str, list[RunRecord]] = {}
+    for run in usable:
+        by_experiment.setdefault(str(run.metrics.get("experiment") or run.path.parent.name), []).append(run)
+    experiments = [_group(name, group) for name, group in sorted(by_experiment.items())]
+    variants = sorted({v for e in experiments for v in e.variants})
+    return Results(root, experiments, sorted(skipped, key=lambda item: str(item[0])), variants)
+
+
+def _problem(run: RunRecord) -> str | None:
+    """Why a readable run cannot be plotted, or None."""
+    if run.status not in FINISHED:
+        error = (run.metrics.get("error") or "").strip().splitlines()
+        why = f": {error[0][:120]}" if run.status == "failed" and error else ""
+        return f"{'still running' if run.status == 'running' else run.status}{why}"
+    history = run.metrics["history"]
+    if not isinstance(run.metrics["params"], dict) or not isinstance(history, dict):
+        return "metrics.json has params or history of the wrong type"
+    if any(not isinstance(history.get(key, []), list) for key in HISTORY_KEYS):
+        return "metrics.json has a history that is not lists of values"
+    return None
+
+
+def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
+    # Runs written by different versions may lack newer keys: compare on the union, missing = None.
+    keys = list(dict.fromkeys(key for run in runs for key in run.metrics["params"]))
+    as_runs = [Run(name, _variant(r), r.run_id, {k: r.metrics["params"].get(k) for k in keys})
+               for r in runs]
+    variants = sorted({run.variant for run in as_runs})
+    # A key that a variant fixes (one value within each variant) is explained by the colour; the
+    # keys that vary within a variant are what the small multiples show.
+    facet_keys = [key for key in varying_keys(as_runs)
+                  if any(len({_canonical(r.params[key]) for r in as_runs if r.variant == v}) > 1
+                         for v in variants)]
+    conditions: dict[str, Condition] = {}
+    for record, run in zip(runs, as_runs):
+        facets = tuple((key, run.params[key]) for key in facet_keys)
+        condition = conditions.setdefault(_canonical([run.variant, facets]),
+                                          Condition(name, run.variant, facets, []))
+        condition.runs.append(record)
+    ordered = sorted(conditions.values(),
+                     key=lambda c: ([sort_key(v) for _, v in c.facets], variants.index(c.variant)))
+    directory = Counter(run.path.parent for run in runs).most_common(1)[0][0]
+    return ExperimentResults(name, directory, variants, facet_keys, ordered)
+
+
+def _variant(run: RunRecord) -> str:
+    return str(run.metrics.get("variant") or "base")
+
+
+# ---- small helpers shared with plots and tables ---------------------------------------------------
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sort_key(value: Any) -> tuple:
+    """Numbers in numeric order, then everything else by its text, then None."""
+    if is_number(value):
+        return (0, value, "")
+    return (2, 0, "") if value is None else (1, 0, _canonical(value))
+
+
+def natural(name: str) -> tuple:
+    """'layer_10' after 'layer_2': digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def format_value(value: Any) -> str:
+    """A param value as a reader expects it: 0.01, true, [256, 128], random_normal(stddev=0.05)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict) and "name" in value:
+        args = ", ".join(f"{k}={format_value(v)}" for k, v in value.items() if k != "name")
+        return f"{value['name']}({args})"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def facet_label(facets: tuple[tuple[str, Any], ...]) -> str:
+    """'learning_rate=0.01, depth=4': keys without their section, as a title."""
+    return ", ".join(f"{key.split('.', 1)[-1]}={format_value(value)}" for key, value in facets)

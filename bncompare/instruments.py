@@ -1,0 +1,185 @@
+"""Instruments: what happens inside the network, measured at every eval point (`record:` keys).
+
+- `record.activations`: the 15th, 50th and 85th percentiles, mean and std of the input to each hidden
+  layer's nonlinearity (the tensor that feeds layer `act_{i}`), on a fixed probe batch of validation
+  data, in inference mode (BN uses its moving statistics, dropout is off: what `evaluate` sees).
+  Statistics pool every probe example and every unit of the layer (and every position, for a CNN);
+  Ioffe & Szegedy 2015, Figure 1 (b, c) plot one typical unit, which behaves like the pooled layer.
+  What this tensor is depends on `model.bn_placement`:
+    before_activation: BN(W x), i.e. gamma * normalised + beta; with BN it is normalised by design.
+    after_activation:  W x + b, the raw weighted sum. It is *not* normalised: BN sits after the
+                       nonlinearity and normalises the next layer's input x instead. Layer 1's x is
+                       the image itself, so `layer_1` is the same kind of quantity with or without BN.
+    no BN:             W x + b.
+  Stored as metrics["activations"]["layer_1"] = {"p15": [...], "p50": [...], "p85": [...],
+  "mean": [...], "std": [...]}, one value per eval point, aligned with history.step.
+- `record.gradients`: the L2 norm of the loss gradient for every trainable variable ("dense_1/kernel",
+  "bn_1/gamma", "output/bias"...), on the same probe batch, in training mode (BN normalises with the
+  probe batch's statistics, dropout is on), as metrics["gradients"][path] = {"norm": [...]}.
+  The forward pass is `model.stateless_call`, which returns the updated BN moving statistics and
+  dropout seed instead of assigning them: nothing that training reads is changed.
+- `record.tensorboard`: event files in the run directory (`tensorboard --logdir results/`): the
+  history's scalars at every eval point, plus the activation statistics (and a histogram of the
+  probe values) and gradient norms when they are recorded.
+
+Instruments must not change what is trained: they read the model, never write it, and draw no random
+numbers from Keras's global generator. tests/test_instruments.py checks that the same seed gives the
+same metrics with them on or off.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bncompare.backend import import_keras
+from bncompare.data import Dataset
+
+PROBE_EXAMPLES = 1000  # the first N validation examples, fixed for the whole run
+PERCENTILES = (15, 50, 85)  # Ioffe & Szegedy 2015, Figure 1 (b, c)
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
+
+
+class Instruments:
+    """The instruments one run's `record:` keys ask for; `measure` runs them at an eval point."""
+
+    def __init__(self, params: dict[str, Any], data: Dataset, run_dir: Path):
+        self.activations = params["record.activations"]
+        self.gradients = params["record.gradients"]
+        self.tensorboard = params["record.tensorboard"]
+        self.x_probe = data.x_val[:PROBE_EXAMPLES]
+        self.y_probe = data.y_val[:PROBE_EXAMPLES]
+        self.seconds = 0.0  # time spent measuring, for cost reports; not part of the run's metrics
+        self._probe_model = None
+        self._writer = _SummaryWriter(Path(run_dir)) if self.tensorboard else None
+
+    def measure(self, model, point: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+        """Per-layer blocks for `MetricsFile.add_point` (empty when nothing is recorded)."""
+        if not (self.activations or self.gradients or self.tensorboard):
+            return {}
+        started = time.perf_counter()
+        blocks: dict[str, dict[str, dict[str, float]]] = {}
+        values: dict[str, np.ndarray] = {}
+        if self.activations:
+            values = self._nonlinearity_inputs(model)
+            blocks["activations"] = {layer: _statistics(v) for layer, v in values.items()}
+        if self.gradients:
+            blocks["gradients"] = gradient_norms(model, self.x_probe, self.y_probe)
+        if self._writer is not None:
+            self._write_summaries(point, blocks, values)
+        self.seconds += time.perf_counter() - started
+        return blocks
+
+    def _nonlinearity_inputs(self, model) -> dict[str, np.ndarray]:
+        """{"layer_1": values, ...}: the inputs of layers act_1, act_2... on the probe batch."""
+        keras = import_keras()
+        if self._probe_model is None:
+            names = sorted((layer.name for layer in model.layers if layer.name.startswith("act_")),
+                           key=lambda name: int(name.split("_")[1]))
+            self._layer_keys = [f"layer_{name.split('_')[1]}" for name in names]
+            self._probe_model = keras.Model(model.input,
+                                            [model.get_layer(name).input for name in names])
+        outputs = self._probe_model(self.x_probe, training=False)
+        return {key: keras.ops.convert_to_numpy(out) for key, out in zip(self._layer_keys, outputs)}
+
+    def _write_summaries(self, point: dict[str, Any], blocks: dict, values: dict) -> None:
+        step = point["step"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch"):
+            if point.get(key) is not None:
+                self._writer.scalar(key, point[key], step)
+        for layer, stats in blocks.get("activations", {}).items():
+            for stat, value in stats.items():
+                self._writer.scalar(f"activations/{layer}/{stat}", value, step)
+            self._writer.histogram(f"activations/{layer}", values[layer], step)
+        for path, stats in blocks.get("gradients", {}).items():
+            self._writer.scalar(f"gradients/{path}", stats["norm"], step)
+        self._writer.flush()  # a killed run keeps its curves, as metrics.json does
+
+
+def _statistics(values: np.ndarray) -> dict[str, float]:
+    flat = values.astype(np.float64).ravel()
+    p15, p50, p85 = np.percentile(flat, PERCENTILES)
+    return {"p15": float(p15), "p50": float(p50), "p85": float(p85),
+            "mean": float(flat.mean()), "std": float(flat.std())}
+
+
+def gradient_norms(model, x: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
+    """{variable path: {"norm": L2 norm of d(mean loss)/d(variable)}} on (x, y), in training mode,
+    without changing any variable of the model (BN moving statistics included)."""
+    keras = import_keras()
+    trainable = model.trainable_variables
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    y = keras.ops.convert_to_tensor(y)
+
+    def loss_of(trainable_values):
+        # stateless_call returns the new BN statistics and seeds rather than assigning them; dropped.
+        predictions, _ = model.stateless_call(trainable_values, non_trainable, x, training=True)
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, predictions))
+
+    backend = keras.backend.backend()
+    # Keras 3 has no backend-neutral gradient API: each backend's own autodiff, around the same loss.
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        values = [tf.convert_to_tensor(v.value) for v in trainable]
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = loss_of(values)
+        grads = tape.gradient(loss, values)
+    elif backend == "jax":
+        import jax
+
+        grads = jax.grad(loss_of)([v.value for v in trainable])
+    else:
+        raise NotImplementedError(f"record.gradients supports the tensorflow and jax backends, "
+                                  f"not {backend!r}; set KERAS_BACKEND=tensorflow or turn it off")
+    return {v.path: {"norm": float(np.linalg.norm(keras.ops.convert_to_numpy(g).astype(np.float64)))}
+            for v, g in zip(trainable, grads)}
+
+
+class _SummaryWriter:
+    """TensorBoard event files through TensorFlow's low-level `tf.summary.write`.
+
+    tf.summary.scalar/histogram need the separate `tensorboard` package (TensorFlow >= 2.20 no longer
+    installs it); the events written here carry the same plugin metadata, so TensorBoard reads them
+    as scalars and histograms, and training never needs the viewer installed. TensorFlow writes them
+    whatever KERAS_BACKEND is (it is a dependency of bncompare).
+    """
+
+    def __init__(self, run_dir: Path):
+        try:
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+        except ImportError:
+            raise RuntimeError("record.tensorboard writes TensorBoard files with TensorFlow; "
+                               "install tensorflow or turn it off") from None
+        self._tf = tf
+
+        def metadata(plugin: str):
+            return summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+
+        self._scalars, self._histograms = metadata("scalars"), metadata("histograms")
+        # A retried run (failed, interrupted, --force) starts its curves again, as metrics.json does.
+        for stale in run_dir.glob(TENSORBOARD_EVENTS):
+            stale.unlink()
+        self._writer = tf.summary.create_file_writer(str(run_dir))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        with self._writer.as_default():
+            self._tf.summary.write(tag, self._tf.constant(float(value), self._tf.float32), step=step,
+                                   metadata=self._scalars)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int, bins: int = 30) -> None:
+        counts, edges = np.histogram(values, bins=bins)
+        # TensorBoard's histogram format: one (left edge, right edge, count) row per bucket.
+        buckets = np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+        with self._writer.as_default():
+            self._tf.summary.write(tag, self._tf.constant(buckets, self._tf.float64), step=step,
+                                   metadata=self._histograms)
+
+    def flush(self) -> None:
+        self._writer.flush()
