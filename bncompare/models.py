@@ -16,11 +16,19 @@ def build_model(params: dict[str, Any], input_shape: tuple[int, ...], classes: i
     """The Keras model a run's params describe (uncompiled)."""
     keras = import_keras()
     builder = BUILDERS[params["model.kind"]]
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = builder(keras, params, inputs)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="output",
-                                 kernel_initializer=_initializer(keras, params["model.init"]))(x)
-    return keras.Model(inputs, outputs, name=f"{params['model.kind']}")
+    # Layers take the dtype policy in force when they are made; restoring it afterwards keeps one
+    # run's mixed precision from leaking into the next model built in this process.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(params.get("train.precision", "float32"))
+    try:
+        inputs = keras.Input(shape=input_shape, name="image")
+        x = builder(keras, params, inputs)
+        # The softmax stays in float32: float16 probabilities underflow in the loss.
+        outputs = keras.layers.Dense(classes, activation="softmax", name="output", dtype="float32",
+                                     kernel_initializer=_initializer(keras, params["model.init"]))(x)
+        return keras.Model(inputs, outputs, name=f"{params['model.kind']}")
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def layer_sizes(params: dict[str, Any]) -> list[int]:

@@ -231,6 +231,10 @@ SCHEMA: dict[str, Option] = {
                            optional(integer(minimum=1)), short="ep"),
     "train.steps": Option(None, "total optimizer steps; overrides epochs when set",
                           optional(integer(minimum=1)), short="steps"),
+    "train.precision": Option("float32", "float32 | mixed_float16 | mixed_bfloat16: compute in "
+                              "16 bits, keep weights in 32 (Keras mixed precision; helps on GPUs "
+                              "with tensor cores, not on CPUs)",
+                              one_of("float32", "mixed_float16", "mixed_bfloat16"), short="prec"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
                           "aggregate over seeds", list_of(integer(minimum=0))),
     # speed only: these never change what a run learns, so they stay out of run ids

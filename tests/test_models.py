@@ -74,3 +74,16 @@ def test_cnn_builds_at_any_depth(tmp_path, depth):
     assert kinds(model).count("Conv2D") == depth
     assert kinds(model).count("BatchNormalization") == depth
     assert model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0).shape == (2, 10)
+
+
+def test_mixed_precision_computes_in_16_bits_and_does_not_leak(tmp_path):
+    import keras
+
+    params = params_for(tmp_path, "train: {precision: mixed_bfloat16}")
+    model = build_model(params, (28, 28, 1), 10)
+    assert model.get_layer("dense_1").compute_dtype == "bfloat16"
+    assert model.get_layer("dense_1").kernel.dtype == "float32"  # weights stay in 32 bits
+    assert model.get_layer("output").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    plain = build_model(params_for(tmp_path), (28, 28, 1), 10)
+    assert plain.get_layer("dense_1").compute_dtype == "float32"
