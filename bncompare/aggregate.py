@@ -109,7 +109,6 @@ def _finite(values: np.ndarray) -> np.ndarray:
 class Condition:
     """Runs of one experiment and variant that differ only in their seed."""
 
-    experiment: str
     variant: str
     facets: tuple[tuple[str, Any], ...]  # (key, value) of every facet key of the experiment
     runs: list[RunRecord]
@@ -186,8 +185,8 @@ class ExperimentResults:
 
     def values(self, key: str) -> list[Any]:
         """The distinct values of a facet key, sorted."""
-        distinct = {_canonical(c_value): c_value for c in self.conditions
-                    for k, c_value in c.facets if k == key}
+        distinct = {_canonical(value): value for c in self.conditions
+                    for k, value in c.facets if k == key}
         return sorted(distinct.values(), key=sort_key)
 
     def groups(self, without: tuple[str, ...] = ()) -> list[tuple[tuple[tuple[str, Any], ...], list[Condition]]]:
@@ -273,7 +272,7 @@ def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
     for record, run in zip(runs, as_runs):
         facets = tuple((key, run.params[key]) for key in facet_keys)
         condition = conditions.setdefault(_canonical([run.variant, facets]),
-                                          Condition(name, run.variant, facets, []))
+                                          Condition(run.variant, facets, []))
         condition.runs.append(record)
     ordered = sorted(conditions.values(),
                      key=lambda c: ([sort_key(v) for _, v in c.facets], variants.index(c.variant)))

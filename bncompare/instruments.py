@@ -2,8 +2,10 @@
 
 - `record.activations`: the 15th, 50th and 85th percentiles, mean and std of the input to each hidden
   layer's nonlinearity (the tensor that feeds layer `act_{i}`), on a fixed probe batch of validation
-  data, in inference mode (BN uses its moving statistics, dropout is off: what `evaluate` sees).
-  Statistics pool every probe example and every unit of the layer (and every position, for a CNN);
+  data (its first 1,000 examples; 256 for a CNN), in inference mode (BN uses its moving statistics,
+  dropout is off: what `evaluate` sees).
+  Statistics pool every probe example and every unit of the layer (for a CNN every position and
+  channel, through a fixed random subset of 200,000 values);
   Ioffe & Szegedy 2015, Figure 1 (b, c) plot one typical unit, which behaves like the pooled layer.
   What this tensor is depends on `model.bn_placement`:
     before_activation: BN(W x), i.e. gamma * normalised + beta; with BN it is normalised by design.
@@ -38,7 +40,11 @@ import numpy as np
 from bncompare.backend import import_keras
 from bncompare.data import Dataset
 
-PROBE_EXAMPLES = 1000  # the first N validation examples, fixed for the whole run
+# The probe batch: the first N validation examples, fixed for the whole run. A CNN layer has ~800x
+# more values per example than an MLP layer, so its probe is smaller and its statistics use a fixed
+# random subset of at most MAX_VALUES values per layer (percentiles of 25M values cost seconds).
+PROBE_EXAMPLES = {"mlp": 1000, "cnn": 256}
+MAX_VALUES = 200_000
 PERCENTILES = (15, 50, 85)  # Ioffe & Szegedy 2015, Figure 1 (b, c)
 TENSORBOARD_EVENTS = "events.out.tfevents.*"
 
@@ -50,8 +56,9 @@ class Instruments:
         self.activations = params["record.activations"]
         self.gradients = params["record.gradients"]
         self.tensorboard = params["record.tensorboard"]
-        self.x_probe = data.x_val[:PROBE_EXAMPLES]
-        self.y_probe = data.y_val[:PROBE_EXAMPLES]
+        examples = PROBE_EXAMPLES[params["model.kind"]]
+        self.x_probe, self.y_probe = data.x_val[:examples], data.y_val[:examples]
+        self._subsets: dict[str, np.ndarray] = {}
         self.seconds = 0.0  # time spent measuring, for cost reports; not part of the run's metrics
         self._probe_model = None
         self._writer = _SummaryWriter(Path(run_dir)) if self.tensorboard else None
@@ -83,7 +90,16 @@ class Instruments:
             self._probe_model = keras.Model(model.input,
                                             [model.get_layer(name).input for name in names])
         outputs = self._probe_model(self.x_probe, training=False)
-        return {key: keras.ops.convert_to_numpy(out) for key, out in zip(self._layer_keys, outputs)}
+        values = {}
+        for key, out in zip(self._layer_keys, outputs):
+            flat = keras.ops.convert_to_numpy(out).ravel()
+            if flat.size > MAX_VALUES:
+                if key not in self._subsets:  # the same values at every eval point; own generator
+                    rng = np.random.default_rng(0)
+                    self._subsets[key] = np.sort(rng.choice(flat.size, MAX_VALUES, replace=False))
+                flat = flat[self._subsets[key]]
+            values[key] = flat
+        return values
 
     def _write_summaries(self, point: dict[str, Any], blocks: dict, values: dict) -> None:
         step = point["step"]
@@ -100,7 +116,7 @@ class Instruments:
 
 
 def _statistics(values: np.ndarray) -> dict[str, float]:
-    flat = values.astype(np.float64).ravel()
+    flat = values.astype(np.float64)
     p15, p50, p85 = np.percentile(flat, PERCENTILES)
     return {"p15": float(p15), "p50": float(p50), "p85": float(p85),
             "mean": float(flat.mean()), "std": float(flat.std())}

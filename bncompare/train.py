@@ -31,6 +31,13 @@ from bncompare.results import MetricsFile
 # is predicting the wrong class with near-certainty, which only blown-up weights do.
 EXPLODED_OVER_CHANCE = 5.0
 EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
+# A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
+# interval exceeds EXPLOSION_FACTOR times its starting value: the untrained model's loss on the first
+# 1,000 training examples, or uniform guessing's (ln classes) if that is larger. Relative to the
+# start because Keras computes cross-entropy from the softmax's logits, uncapped: a network with a
+# huge initial weight scale starts near a loss of 90 and can still recover.
+EXPLOSION_FACTOR = 10.0
+START_PROBE = 1000
 # `train.steps_per_execution: auto`. One compiled call per step costs ~2 ms of Python and dispatch
 # on CPU, more than a small MLP's arithmetic; 128 steps per call measured 2x faster (benchmarks/)
 # while progress and NaN checks still come several times per MNIST epoch.
@@ -149,6 +156,14 @@ def _fit_inputs(keras, data: Dataset, indices: np.ndarray, batch_size: int) -> d
     return {"x": batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2)}
 
 
+def explosion_limit(model, data: Dataset) -> float:
+    """The training loss above which a run counts as diverged (see EXPLOSION_FACTOR)."""
+    start = model.evaluate(data.x_train[:START_PROBE], data.y_train[:START_PROBE],
+                           batch_size=EVAL_BATCH_SIZE, verbose=0, return_dict=True)["loss"]
+    chance = math.log(data.classes)
+    return EXPLOSION_FACTOR * (max(float(start), chance) if math.isfinite(start) else chance)
+
+
 def _is_bad(value: float | None) -> bool:
     return value is None or not math.isfinite(value)
 
@@ -201,7 +216,7 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
             listener.step(step, loss, float(logs.get("accuracy", float("nan"))))
 
     watch = keras.callbacks.LambdaCallback(on_train_batch_end=after_batch)
-    exploded = EXPLODED_OVER_CHANCE * math.log(data.classes)
+    exploded = explosion_limit(model, data)
     seconds = 0.0
     interval_loss = interval_accuracy = interval_examples = 0.0
 

@@ -123,9 +123,11 @@ def test_internals_are_drawn_per_facet_value(tmp_path):
 
 
 def test_pdf_figures(tmp_path):
-    [path] = plots.plot_results(load(sweep_results(tmp_path)), fmt="pdf")[-1:]
-    assert path.name == "sweep-learning_rate-val_accuracy.pdf"
+    results = load(sweep_results(tmp_path))
+    figure = plots.sweep_figure(results.experiments[0], _colours(results), "train.learning_rate", "loss")
+    path = plots.save(figure, tmp_path / "sweep.pdf", "pdf")
     assert path.read_bytes().startswith(b"%PDF")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
 
 
 def test_out_dir_holds_one_folder_per_experiment_when_there_are_several(tmp_path, monkeypatch):

@@ -137,7 +137,7 @@ def test_sigkill_mid_sweep_then_parallel_rerun_trains_each_missing_run_once(tmp_
     for run_id in cut:
         assert killed[run_id]["status"] == "running"  # what the dead process last wrote...
         assert read_run(experiment / run_id).status == "interrupted"  # ...and what readers report
-        assert len(killed[run_id]["history"]["step"]) < POINTS
+        assert len(killed[run_id]["history"]["step"]) <= POINTS  # all points, maybe, but unfinished
     done_before = {run_id: fingerprint(experiment / run_id) for run_id in done}
 
     # Re-run as three processes launched together into the same directory.
@@ -275,11 +275,10 @@ def test_read_only_and_full_results_dirs_fail_the_run_naming_the_path(tmp_path: 
         rc, output = finish(start("run", "ro.yaml", "full.yaml", "--out", "out", cwd=tmp_path))
         assert rc == 1, output
         ro_dir, full_dir = ro / ro_run.run_id, full / full_run.run_id
-        named = {ro_dir: "Read-only file system", full_dir / METRICS_FILE: "No space left on device"}
-        for path, reason in named.items():  # the message names the path that could not be written
+        refused = [(ro_dir, "Read-only file system"), (full_dir / METRICS_FILE, "No space left on device")]
+        for path, reason in refused:  # each failure names the path that could not be written
             where = re.escape(str(path.relative_to(tmp_path)))
-            assert re.search(rf"\b{path.parts[-2 if path.name == METRICS_FILE else -1]} failed\s+"
-                             rf"\(cannot write {where}: {reason}\)", output), output
+            assert re.search(rf" failed\s+\(cannot write {where}: {reason}\)", output), output
         assert fingerprint(earlier) == before  # earlier results intact
         assert not ro_dir.exists()
         # The full disk could not take a `failed` file either: what is there is the last complete
