@@ -210,3 +210,13 @@ def test_every_default_passes_its_own_check():
 def test_load_experiment_reports_the_name_and_source(tmp_path):
     experiment = load_experiment(write(tmp_path, "name: study\nsweep: {model.depth: [1, 2]}\n"))
     assert experiment.name == "study" and experiment.sweep == {"model.depth": [1, 2]}
+
+
+def test_readme_documents_every_config_key():
+    """The README's list of keys is what users read: it must not drift from the schema."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("All keys, with their defaults"):]
+    block = block[:block.index("```\n", block.index("```yaml") + 7)]
+    for key in SCHEMA:
+        section, _, option = key.rpartition(".")
+        assert re.search(rf"^{'  ' if section else ''}{option}:", block, re.M), f"{key} is not in README"
