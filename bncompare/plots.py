@@ -14,6 +14,7 @@ import math
 import os
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +42,7 @@ STYLE = {
 PANEL = (2.6, 2.0)  # inches per small multiple
 MIN_WIDTH = 4.8  # inches: room for a title and a legend even with one panel
 MAX_COLUMNS = 4
+TITLE_CHARS = 38  # characters of a panel title per line at PANEL width
 STRIP = 0.18  # axes fraction under the data for runs that diverged before their first eval
 DIVERGED = {"marker": "x", "markersize": 6, "markeredgewidth": 1.6, "linestyle": "none"}
 
@@ -130,7 +132,7 @@ def curves_figure(experiment: ExperimentResults, colours: dict[str, str], metric
                 if math.isfinite(end_x):
                     points.append((end_x, end_y, colour, experiment.variants.index(condition.variant)))
         marked.append((ax, points))
-        ax.set_title(facet_label(facets))
+        ax.set_title(_wrap(facet_label(facets)))
         if not drawn:  # its y ticks would be matplotlib's placeholder range: say why it is empty
             ax.tick_params(labelleft=False)
             ax.text(0.5, 0.55, "no eval point:\nevery run diverged first", transform=ax.transAxes,
@@ -167,7 +169,7 @@ def sweep_figure(experiment: ExperimentResults, colours: dict[str, str], key: st
                         points.append((value, end_y, colours[variant], experiment.variants.index(variant)))
             marked.append((ax, points))
             _sweep_axis(ax, key, values)
-            ax.set_title(", ".join(filter(None, [title, facet_label(facets)])))
+            ax.set_title("\n".join(filter(None, [title, _wrap(facet_label(facets))])))
     diverged = _mark_diverged(marked)
     for ax in axes[-1]:
         ax.set_xlabel(KEY_LABELS.get(key, key))
@@ -344,6 +346,11 @@ def _seeds(conditions: list[Condition]) -> str:
     counts = sorted({len(c.runs) for c in conditions})
     text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     return f"{text} seed{'s' * (counts[-1] != 1)}"
+
+
+def _wrap(title: str) -> str:
+    """A panel title in lines that fit the panel's width (facet labels can be long)."""
+    return "\n".join(textwrap.wrap(title, TITLE_CHARS, break_on_hyphens=False))
 
 
 def _slug(key: str, value: Any) -> str:
