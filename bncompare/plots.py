@@ -118,7 +118,8 @@ def save(figure: Figure, path: Path, fmt: str) -> Path:
 def curves_figure(experiment: ExperimentResults, colours: dict[str, str], metric: str, x: str) -> Figure:
     """One panel per facet combination; per variant the mean over seeds with a ±std band."""
     groups = experiment.groups()
-    figure, axes = _grid(len(groups), X_LABELS[x], sharey="accuracy" in metric)
+    shared_y = "accuracy" in metric
+    figure, axes = _grid(len(groups), X_LABELS[x], sharey=shared_y)
     marked = []
     for ax, (facets, conditions) in zip(axes, groups):
         points, drawn = [], False
@@ -133,10 +134,12 @@ def curves_figure(experiment: ExperimentResults, colours: dict[str, str], metric
                     points.append((end_x, end_y, colour, experiment.variants.index(condition.variant)))
         marked.append((ax, points))
         ax.set_title(_wrap(facet_label(facets)))
-        if not drawn:  # its y ticks would be matplotlib's placeholder range: say why it is empty
-            ax.tick_params(labelleft=False)
+        if not drawn:  # say why it is empty; unshared y ticks would be a placeholder range
+            if not shared_y:
+                ax.tick_params(labelleft=False)
             ax.text(0.5, 0.55, "no eval point:\nevery run diverged first", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
+    axes[0].set_xlim(left=0)  # training starts at 0 (x is shared): a lone eval point is not centred
     figure.supylabel(METRIC_LABELS[metric])
     _header(figure, experiment, colours, f"{METRIC_LABELS[metric].split(' (')[0]}, "
             f"mean ± std over {_seeds(experiment.conditions)}", _mark_diverged(marked))
