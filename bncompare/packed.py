@@ -39,12 +39,12 @@ from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model
 from bncompare.results import MetricsFile
-from bncompare.train import (EVAL_BATCH_SIZE, EXPLODED_OVER_CHANCE, Listener, Schedule, _is_bad,
+from bncompare.train import (EVAL_BATCH_SIZE, START_PROBE, explosion_limit, Listener, Schedule, _is_bad,
                              device_arrays, jit_compile, make_optimizer, steps_per_execution)
 
 # Members per pack. Memory grows with it (every member's activations for one batch) and so does
-# XLA compile time; 32 holds a 16-run sweep per seed with room to spare.
-MAX_PACK = 32
+# XLA compile time (~10 s CPU for 16 MLPs); 16 holds a learning-rate x BN sweep of 8 rates.
+MAX_PACK = 16
 # What an unpacked run would not record: these need per-run hooks that the fused step has not.
 RECORDERS = ("record.activations", "record.gradients", "record.tensorboard")
 
@@ -89,6 +89,7 @@ class Member:
     model: Any = None
     optimizer: Any = None
     status: str | None = None  # set when it leaves the pack
+    exploded: float = math.inf  # its training-loss limit (train.EXPLOSION_FACTOR)
 
 
 def train_pack(runs: list[Run], run_dirs: list[Path], data: Dataset, *, environment: dict[str, Any],
@@ -148,11 +149,15 @@ def _train(members: list[Member], data: Dataset, listener: Listener) -> None:
     validation = [(tf.constant(data.x_val[i:i + EVAL_BATCH_SIZE]),
                    tf.constant(data.y_val[i:i + EVAL_BATCH_SIZE]))
                   for i in range(0, len(data.x_val), EVAL_BATCH_SIZE)]
-    exploded = EXPLODED_OVER_CHANCE * math.log(data.classes)
     full_steps = len(data.x_train) // schedule.batch_size  # per epoch; a partial batch comes last
 
     active = list(members)
     step_fn = _Step(tf, keras, active, x_train, y_train, jit)
+    # Each member's divergence limit from its own untrained loss, measured as train.py does.
+    probe = min(START_PROBE, len(data.x_train))
+    starts = step_fn.evaluate([(x_train[:probe], y_train[:probe])])[0] / probe
+    for member, start in zip(members, starts):
+        member.exploded = explosion_limit(float(start), data.classes)
     seconds, examples, epoch_order = 0.0, 0, (None, None)
 
     def leave(member: Member, status: str, step: int) -> None:
@@ -203,7 +208,7 @@ def _train(members: list[Member], data: Dataset, listener: Listener) -> None:
                      "val_loss": float(scores[0, i] / len(data.x_val)),
                      "val_accuracy": float(scores[1, i] / len(data.x_val)),
                      "seconds": round(seconds, 3)}
-            if _is_bad(point["val_loss"]) or point["loss"] > exploded:
+            if _is_bad(point["val_loss"]) or point["loss"] > member.exploded:
                 leave(member, "diverged", last)
                 leaving.append(i)
                 continue
@@ -237,7 +242,9 @@ class _Step:
         def train(order, steps, offset):
             # `steps` rows of `order` from `offset`: a while loop inside one compiled call.
             for i in tf.range(steps):
-                indices = order[offset + i]
+                # gather, not order[offset + i]: XLA would treat a slice start as a compile-time
+                # constant and compile once per offset. `steps` is one (loop bound): 3 values at most.
+                indices = tf.gather(order, offset + i)
                 x, y = tf.gather(x_train, indices), tf.gather(y_train, indices)
                 with tf.GradientTape() as tape:
                     outputs = [model(x, training=True) for model in models]

@@ -25,11 +25,6 @@ from bncompare.instruments import Instruments
 from bncompare.models import build_model
 from bncompare.results import MetricsFile
 
-# A run has diverged when its loss is NaN/inf, or when its mean training loss over an eval interval
-# exceeds this many times the loss of guessing uniformly (ln classes). Keras clips probabilities at
-# 1e-7, so cross-entropy cannot exceed ~16.1: a network 5x worse than chance (11.5 for 10 classes)
-# is predicting the wrong class with near-certainty, which only blown-up weights do.
-EXPLODED_OVER_CHANCE = 5.0
 EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
 # A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
 # interval exceeds EXPLOSION_FACTOR times its starting value: the untrained model's loss on the first
@@ -121,9 +116,15 @@ def steps_per_execution(params: dict[str, Any]) -> int:
 
 def jit_compile(params: dict[str, Any], backend: str) -> bool | str:
     """XLA for training (`train.jit_compile`); auto: on for TensorFlow, where it measured 2x faster
-    on CPU, else Keras's own choice for the backend."""
+    on CPU, else Keras's own choice for the backend.
+
+    auto leaves XLA off for models with dropout: compiled, TensorFlow's stateless random ops draw
+    other numbers for the same seed, so the dropout masks (and what is learned) would change.
+    """
     value = params.get("train.jit_compile", "auto")
     if value == "auto":
+        if params.get("model.dropout"):
+            return False
         return True if backend == "tensorflow" else "auto"
     return value
 
@@ -156,12 +157,16 @@ def _fit_inputs(keras, data: Dataset, indices: np.ndarray, batch_size: int) -> d
     return {"x": batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(2)}
 
 
-def explosion_limit(model, data: Dataset) -> float:
+def explosion_limit(start_loss: float, classes: int) -> float:
     """The training loss above which a run counts as diverged (see EXPLOSION_FACTOR)."""
-    start = model.evaluate(data.x_train[:START_PROBE], data.y_train[:START_PROBE],
-                           batch_size=EVAL_BATCH_SIZE, verbose=0, return_dict=True)["loss"]
-    chance = math.log(data.classes)
-    return EXPLOSION_FACTOR * (max(float(start), chance) if math.isfinite(start) else chance)
+    chance = math.log(classes)
+    return EXPLOSION_FACTOR * (max(start_loss, chance) if math.isfinite(start_loss) else chance)
+
+
+def start_loss(model, data: Dataset) -> float:
+    """The untrained model's loss on the first START_PROBE training examples."""
+    return float(model.evaluate(data.x_train[:START_PROBE], data.y_train[:START_PROBE],
+                                batch_size=EVAL_BATCH_SIZE, verbose=0, return_dict=True)["loss"])
 
 
 def _is_bad(value: float | None) -> bool:
@@ -216,7 +221,7 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
             listener.step(step, loss, float(logs.get("accuracy", float("nan"))))
 
     watch = keras.callbacks.LambdaCallback(on_train_batch_end=after_batch)
-    exploded = explosion_limit(model, data)
+    exploded = explosion_limit(start_loss(model, data), data.classes)
     seconds = 0.0
     interval_loss = interval_accuracy = interval_examples = 0.0
 
