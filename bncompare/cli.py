@@ -130,15 +130,16 @@ def run(
     if dry_run:
         print_runs(runs)
         return
-    from bncompare import runner
+    from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay
 
     try:  # everything the user must fix fails here, before anything is written
         select_backend(backend.value if backend else None)
-        with runner.sigterm_as_interrupt():  # `kill` while TensorFlow loads exits 130 too
+        with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
             prepared = _check(runs, executor, jobs, device, address)
+            interrupts.check()
     except (DataError, DeviceError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
@@ -182,6 +183,7 @@ def _train(members: list[Member], data: Dataset, listener: Listener) -> None:
                 step_fn(partial, 1, 0)
             sums = step_fn.sums.numpy()  # waits for the block: the time below is its real cost
             seconds += time.perf_counter() - started
+            interrupts.check()
             examples += (min(stop, full_steps) - min(start, full_steps)) * schedule.batch_size
             examples += partial.shape[1] if stop > full_steps else 0
             step = epoch * schedule.steps_per_epoch + stop

@@ -9,6 +9,7 @@ display a single process uses, one progress bar per worker.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bncompare.config import Run
-from bncompare.runner import Outcome, sigterm_as_interrupt
+from bncompare import interrupts
+from bncompare.runner import Outcome
 from bncompare.train import Listener
 
 STEP_EVENTS_PER_SECOND = 5
@@ -77,10 +79,14 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
     from bncompare import runner
     from bncompare.train import train_and_evaluate
 
+    # A terminal's Ctrl-C signals the whole process group; the parent answers it by sending each
+    # worker one SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     listener = _Forward(events, slot)
-    with sigterm_as_interrupt():
+    with interrupts.stop_at_safe_points((signal.SIGTERM,)):
         try:
             while (run := tasks.get()) is not None:
+                interrupts.check()
                 prepared = runner.prepare([run], device)  # data is cached between runs
                 outcome = runner.execute_one(run, out, prepared, listener, force, train_and_evaluate)
                 events.put(("finished", slot, outcome))
@@ -140,28 +146,23 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
             outcomes[key(run)] = Outcome(run, "failed", note=f"worker {slot} {why}")
             display.run_finished(outcomes[key(run)], slot=slot)
 
-    with sigterm_as_interrupt():
+    deadline = math.inf
+    with interrupts.stop_at_safe_points():
         try:
-            while running:
+            while running and time.monotonic() < deadline:
+                if interrupts.requested() and not interrupted:  # Ctrl-C or `kill`: tell every worker
+                    interrupted, deadline = True, time.monotonic() + SHUTDOWN_SECONDS
+                    for worker in workers:
+                        if worker.is_alive():
+                            os.kill(worker.pid, signal.SIGTERM)
                 try:
                     handle(*events.get(timeout=0.5))
                 except queue.Empty:
                     for slot in list(running):
                         if not workers[slot].is_alive():
                             lost(slot, f"died (exit code {workers[slot].exitcode})")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # asked twice: stop now; runs in flight read as interrupted
             interrupted = True
-            for worker in workers:  # a terminal's Ctrl-C reached them too; `kill` reached only us
-                if worker.is_alive():
-                    os.kill(worker.pid, signal.SIGTERM)
-            deadline = time.monotonic() + SHUTDOWN_SECONDS
-            while running and time.monotonic() < deadline:
-                try:
-                    handle(*events.get(timeout=0.5))
-                except queue.Empty:
-                    running.intersection_update(s for s in running if workers[s].is_alive())
-                except KeyboardInterrupt:
-                    continue  # a second Ctrl-C: keep waiting for the workers to save
     for worker in workers:
         worker.join(timeout=5)
         if worker.is_alive():

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bncompare import interrupts
 from bncompare.backend import DeviceError
 from bncompare.config import Run
 from bncompare.results import Claim, MetricsFile, write_json
@@ -73,23 +74,25 @@ def execute_ray(runs: list[Run], out: Path, display, *, address: str | None, dev
 
     interrupted = False
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                index, run, run_dir, claim = pending.pop(ref)
-                try:
-                    metrics = ray.get(ref)
-                    write_json(run_dir / "metrics.json", metrics)
-                    outcome = Outcome(run, metrics["status"], metrics.get("final") or {},
-                                      (metrics.get("error") or "").split("\n")[0])
-                except ray.exceptions.RayError as e:  # lost with its node, after the retry
-                    _record(run, run_dir, "failed", f"lost on the Ray cluster after {RETRIES} "
-                                                    f"retry: {type(e).__name__}: {e}")
-                    outcome = Outcome(run, "failed", note=f"lost on the Ray cluster ({type(e).__name__})")
-                finally:
-                    claim.release()
-                outcomes[index] = outcome
-                display.run_finished(outcome)
+        with interrupts.stop_at_safe_points():  # Ctrl-C and SIGTERM alike
+            while pending:
+                interrupts.check()
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    index, run, run_dir, claim = pending.pop(ref)
+                    try:
+                        metrics = ray.get(ref)
+                        write_json(run_dir / "metrics.json", metrics)
+                        outcome = Outcome(run, metrics["status"], metrics.get("final") or {},
+                                          (metrics.get("error") or "").split("\n")[0])
+                    except ray.exceptions.RayError as e:  # lost with its node, after the retry
+                        _record(run, run_dir, "failed", f"lost on the Ray cluster after {RETRIES} "
+                                                        f"retry: {type(e).__name__}: {e}")
+                        outcome = Outcome(run, "failed", note=f"lost on the Ray cluster ({type(e).__name__})")
+                    finally:
+                        claim.release()
+                    outcomes[index] = outcome
+                    display.run_finished(outcome)
     except KeyboardInterrupt:
         interrupted = True
         for ref, (index, run, run_dir, claim) in pending.items():

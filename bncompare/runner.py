@@ -8,16 +8,14 @@ sweep goes on.
 from __future__ import annotations
 
 import platform
-import signal
 import socket
 import subprocess
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from bncompare import __version__
+from bncompare import __version__, interrupts
 from bncompare.config import Run
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, UnreadableRun, claim_holder,
                                now, read_run, write_config, write_json)
@@ -92,19 +90,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (e.g. `kill`, a job scheduler) like Ctrl-C: save the run as interrupted."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def finished_record(run_dir: Path) -> dict[str, Any] | None:
     """The metrics of a completed or diverged run in `run_dir`, else None."""
     try:
@@ -122,13 +107,14 @@ def execute(runs: list[Run], out: Path, prepared: Prepared, display, *, force: b
 
     outcomes: list[Outcome] = []
     display.sweep_started(runs)
-    with sigterm_as_interrupt():
+    with interrupts.stop_at_safe_points():
         # `train.pack: auto` trains runs that see identical batches together (see packed.py).
         for group, pack in packed.plan(runs, import_keras().backend.backend()):
             if pack:
                 done = packed.execute_pack(group, out, prepared, display, force)
             else:
                 try:
+                    interrupts.check()
                     done = [execute_one(group[0], out, prepared, display, force, train_and_evaluate)]
                 except KeyboardInterrupt:  # between runs: nothing of this run was written
                     done = [Outcome(group[0], "interrupted", note="interrupted")]

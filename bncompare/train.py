@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
@@ -214,6 +215,8 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
         # mean: a NaN anywhere in the block shows here, and is reported at the block's end.
         step, logs = min(chunk_start + batch + 1, chunk_end), logs or {}
         loss = float(logs.get("loss", float("nan")))
+        if interrupts.requested():  # Ctrl-C/SIGTERM: leave fit at its next step, then stop
+            model.stop_training = True
         if not math.isfinite(loss):  # stop at the first NaN/inf instead of training on garbage
             diverged_step = step
             model.stop_training = True
@@ -231,6 +234,7 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
         history = model.fit(**_fit_inputs(keras, data, indices, schedule.batch_size), epochs=1,
                             shuffle=False, verbose=0, callbacks=[watch])
         seconds += time.perf_counter() - started
+        interrupts.check()
         if diverged_step is not None:
             return "diverged", {"epoch": schedule.epoch_of(diverged_step), "step": diverged_step}
         # fit reports the mean over its chunk; weight chunks by their size for the interval mean.
@@ -251,4 +255,5 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
             return "diverged", {"epoch": point["epoch"], "step": last}
         metrics.add_point(point, instruments.measure(model, point))
         listener.point(point)
+        interrupts.check()
     return "completed", None

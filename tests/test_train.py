@@ -131,3 +131,27 @@ def test_config_yaml_written_by_the_runner_is_a_valid_config(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(run.to_config()))
     assert load_runs([path])[0].params == run.params
+
+
+def test_a_signal_mid_fit_is_saved_as_interrupted_not_failed(tmp_path):
+    """A signal delivered inside TensorFlow's fit used to surface as a RuntimeError from a device
+    scope (recorded `failed`, sweep went on); now it stops at the next safe point."""
+    import os
+    import signal
+
+    from bncompare import interrupts
+    from bncompare.train import Listener
+
+    class SignalAtStep(Listener):
+        def step(self, step, loss, accuracy, slot=0):
+            if step >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run = origin_on_synthetic(tmp_path, "bn", ["train.steps_per_execution=1", "train.pack=off"])
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    data = load_dataset("synthetic", "test", 256)
+    with interrupts.stop_at_safe_points(), pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(run, run_dir, data, environment=ENVIRONMENT, listener=SignalAtStep())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted", metrics["error"]
