@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bncompare import __version__
+from bncompare.backend import BACKENDS
 from bncompare.config import ConfigError, Run, load_runs, varying_keys
 
 app = typer.Typer(
@@ -29,21 +30,14 @@ stderr = Console(stderr=True, highlight=False)
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-class Backend(str, Enum):
-    tensorflow = "tensorflow"
-    jax = "jax"
-    torch = "torch"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of fixed choices, as Typer wants for options like --device auto|cpu|gpu."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class Executor(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    gpu = "gpu"
+Backend = _choices("Backend", BACKENDS)
+Executor = _choices("Executor", ("local", "ray"))
+Device = _choices("Device", ("auto", "cpu", "gpu"))
 
 
 ConfigPaths = Annotated[list[Path], typer.Argument(
@@ -117,9 +111,9 @@ def run(
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress; print only the final summary line and errors.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible).")] = 1,
-    backend: Annotated[Optional[Backend], typer.Option("--backend", help="Keras backend [default: $KERAS_BACKEND, else tensorflow].")] = None,
+    backend: Annotated[Optional[Backend], typer.Option("--backend", help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")] = None,
     executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per run.")] = Executor.local,
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address [default: start a local Ray instance].")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray instance).")] = None,
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
 
@@ -200,30 +194,10 @@ def validate(config: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
     print_runs(runs)
 
 
-class Metric(str, Enum):
-    val_accuracy = "val_accuracy"
-    val_loss = "val_loss"
-    accuracy = "accuracy"
-    loss = "loss"
-
-
-class XAxis(str, Enum):
-    epoch = "epoch"
-    step = "step"
-    time = "time"
-
-
-class ImageFormat(str, Enum):
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
-
-
-class TableFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    markdown = "markdown"
+Metric = _choices("Metric", ("val_accuracy", "val_loss", "accuracy", "loss"))
+XAxis = _choices("XAxis", ("epoch", "step", "time"))
+ImageFormat = _choices("ImageFormat", ("png", "svg", "pdf"))
+TableFormat = _choices("TableFormat", ("table", "csv", "json", "markdown"))
 
 
 ResultsDir = Annotated[Path, typer.Argument(

@@ -46,8 +46,14 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
+@functools.lru_cache(maxsize=8)
 def load_dataset(name: str, validation: str | float = "test", train_limit: int | None = None) -> Dataset:
-    """The named dataset split into training and validation data as the config asks."""
+    """The named dataset split into training and validation data as the config asks.
+
+    Cached: every run of a process that asks for the same split gets the same object (the splits
+    are views of one copy), so per-dataset work keyed on it, such as the tensors train.py keeps,
+    is done once per process, not once per run.
+    """
     x_train, y_train, x_test, y_test = _raw(name)
     if validation == "test":
         x_val, y_val = x_test, y_test

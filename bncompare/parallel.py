@@ -87,7 +87,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
         try:
             while (run := tasks.get()) is not None:
                 interrupts.check()
-                prepared = runner.prepare([run], device)  # data is cached between runs
+                prepared = runner.prepare([run], device)  # cheap after the first: data is cached
                 outcome = runner.execute_one(run, out, prepared, listener, force, train_and_evaluate)
                 events.put(("finished", slot, outcome))
                 if outcome.status == "interrupted":

@@ -17,7 +17,7 @@ from typing import Any
 from bncompare import interrupts
 from bncompare.backend import DeviceError
 from bncompare.config import Run
-from bncompare.results import Claim, MetricsFile, write_json
+from bncompare.results import METRICS_FILE, Claim, MetricsFile, write_json
 from bncompare.runner import Outcome, claim_run, data_key
 
 # Variables a task needs to behave like a local run; the data directory is forwarded as a path,
@@ -43,7 +43,7 @@ def _train_task(run: Run, device: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bncompare-") as scratch:
         train_and_evaluate(run, Path(scratch), prepared.datasets[data_key(run)],
                            environment=prepared.environment)
-        return json.loads((Path(scratch) / "metrics.json").read_text())
+        return json.loads((Path(scratch) / METRICS_FILE).read_text())
 
 
 def execute_ray(runs: list[Run], out: Path, display, *, address: str | None, device: str,
@@ -82,7 +82,7 @@ def execute_ray(runs: list[Run], out: Path, display, *, address: str | None, dev
                     index, run, run_dir, claim = pending.pop(ref)
                     try:
                         metrics = ray.get(ref)
-                        write_json(run_dir / "metrics.json", metrics)
+                        write_json(run_dir / METRICS_FILE, metrics)
                         outcome = Outcome(run, metrics["status"], metrics.get("final") or {},
                                           (metrics.get("error") or "").split("\n")[0])
                     except ray.exceptions.RayError as e:  # lost with its node, after the retry

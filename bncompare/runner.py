@@ -7,6 +7,7 @@ sweep goes on.
 
 from __future__ import annotations
 
+import functools
 import platform
 import socket
 import subprocess
@@ -81,6 +82,7 @@ def environment(keras, device: str) -> dict[str, Any]:
             "git_commit": _git_commit(), "hostname": socket.gethostname()}
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     """The commit of the working directory's repository (the user's experiment code), if any."""
     try:
