@@ -330,10 +330,18 @@ def _id_part(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+]", "", text)
 
 
+def identity(params: dict[str, Any]) -> dict[str, Any]:
+    """The params that name a run: what it learns and records. Keys added after the first release
+    count only when set to something other than their default (see `Option.added`), so a new key
+    never renames the runs of an older release."""
+    return {k: v for k, v in params.items()
+            if k == "train.seed" or (SCHEMA[k].in_run_id
+                                     and (SCHEMA[k].added == 1 or v != SCHEMA[k].default))}
+
+
 def config_hash(params: dict[str, Any]) -> str:
     """Short digest of the params that decide what a run learns and records."""
-    identity = {k: v for k, v in params.items() if k == "train.seed" or SCHEMA[k].in_run_id}
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(identity(params), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
 

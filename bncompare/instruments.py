@@ -39,6 +39,7 @@ import numpy as np
 
 from bncompare.backend import import_keras
 from bncompare.data import Dataset
+from bncompare.models import per_example_loss
 
 # The probe batch: the first N validation examples, fixed for the whole run. A CNN layer has ~800x
 # more values per example than an MLP layer, so its probe is smaller and its statistics use a fixed
@@ -133,7 +134,7 @@ def gradient_norms(model, x: np.ndarray, y: np.ndarray) -> dict[str, dict[str, f
     def loss_of(trainable_values):
         # stateless_call returns the new BN statistics and seeds rather than assigning them; dropped.
         predictions, _ = model.stateless_call(trainable_values, non_trainable, x, training=True)
-        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, predictions))
+        return keras.ops.mean(per_example_loss(keras, y, predictions))
 
     backend = keras.backend.backend()
     # Keras 3 has no backend-neutral gradient API: each backend's own autodiff, around the same loss.

@@ -23,12 +23,25 @@ def build_model(params: dict[str, Any], input_shape: tuple[int, ...], classes: i
     try:
         inputs = keras.Input(shape=input_shape, name="image")
         x = builder(keras, params, inputs)
-        # The softmax stays in float32: float16 probabilities underflow in the loss.
-        outputs = keras.layers.Dense(classes, activation="softmax", name="output", dtype="float32",
+        # The output is the logits, in float32 (float16 underflows in the loss). The loss applies the
+        # softmax itself (`loss_function`): Keras computes cross-entropy from logits on TensorFlow but
+        # from clipped probabilities on JAX and PyTorch, where the loss can never exceed ~16, so an
+        # exploding run would not count as diverged there.
+        outputs = keras.layers.Dense(classes, name="output", dtype="float32",
                                      kernel_initializer=_initializer(keras, params["model.init"]))(x)
         return keras.Model(inputs, outputs, name=f"{params['model.kind']}")
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def loss_function(keras):
+    """Mean sparse categorical cross-entropy from the model's logits: the same on every backend."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def per_example_loss(keras, labels, logits):
+    """Cross-entropy of each example, from logits (sums and masks need it unreduced)."""
+    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
 
 def layer_sizes(params: dict[str, Any]) -> list[int]:

@@ -25,6 +25,7 @@ through `train.train_and_evaluate`. `off` trains every run alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import traceback
@@ -38,7 +39,7 @@ from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.models import build_model
+from bncompare.models import build_model, per_example_loss
 from bncompare.results import MetricsFile
 from bncompare.train import (EVAL_BATCH_SIZE, START_PROBE, explosion_limit, Listener, Schedule, _is_bad,
                              device_arrays, jit_compile, make_optimizer, steps_per_execution)
@@ -239,7 +240,7 @@ class _Step:
                                 trainable=False)
         models = [m.model for m in members]
         optimizers = [m.optimizer for m in members]
-        loss_fn = keras.losses.sparse_categorical_crossentropy
+        loss_fn = functools.partial(per_example_loss, keras)
 
         def train(order, steps, offset):
             # `steps` rows of `order` from `offset`: a while loop inside one compiled call.

@@ -177,6 +177,10 @@ class Option:
     # False for keys that change how fast a run trains but not what it learns: they stay out of the
     # run id, so switching them never retrains finished work.
     in_run_id: bool = True
+    # The release that added the key. A key added after the first release enters the run-id hash
+    # only when its value differs from its default, so results written before it existed keep
+    # their run ids (and are skipped as finished) after an upgrade.
+    added: int = 1
 
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu", "linear")

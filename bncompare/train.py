@@ -23,14 +23,14 @@ from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.instruments import Instruments
-from bncompare.models import build_model
+from bncompare.models import build_model, loss_function
 from bncompare.results import MetricsFile
 
 EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
 # A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
 # interval exceeds EXPLOSION_FACTOR times its starting value: the untrained model's loss on the first
 # 1,000 training examples, or uniform guessing's (ln classes) if that is larger. Relative to the
-# start because Keras computes cross-entropy from the softmax's logits, uncapped: a network with a
+# start because cross-entropy from logits is uncapped: a network with a
 # huge initial weight scale starts near a loss of 90 and can still recover.
 EXPLOSION_FACTOR = 10.0
 START_PROBE = 1000
@@ -200,7 +200,7 @@ def _train(run: Run, data: Dataset, metrics: MetricsFile, listener: Listener):
     params = run.params
     keras.utils.set_random_seed(run.seed)  # weights, dropout; the batch order has its own rng
     model = build_model(params, data.input_shape, data.classes)
-    model.compile(optimizer=make_optimizer(params), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=make_optimizer(params), loss=loss_function(keras),
                   metrics=["accuracy"], steps_per_execution=steps_per_execution(params),
                   jit_compile=jit_compile(params, keras.backend.backend()))
     schedule = Schedule.for_run(params, len(data.x_train))

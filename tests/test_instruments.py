@@ -125,7 +125,7 @@ def test_gradients_match_keras_and_leave_every_variable_untouched():
     # The same gradient the stateful way (which does update the BN moving statistics).
     with tf.GradientTape() as tape:
         predictions = model(data.x_val, training=True)
-        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(data.y_val, predictions))
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(data.y_val, predictions, from_logits=True))
     expected = tape.gradient(loss, [v.value for v in model.trainable_variables])
     for v, g in zip(model.trainable_variables, expected):
         assert norms[v.path]["norm"] == pytest.approx(float(tf.norm(g)), rel=1e-4), v.path
