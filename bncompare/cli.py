@@ -73,18 +73,21 @@ def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
         raise fail(str(e)) from None
 
 
-def print_runs(runs: list[Run]) -> None:
-    """The expanded run list with the params that differ between runs.
+def print_runs(runs: list[Run], training: dict[int, str] | None = None) -> None:
+    """The expanded run list with the params that differ between runs, and (`training`, by
+    id(run)) how each will train: its engine group, or why it trains alone.
 
     A table in a terminal; in a pipe, one `experiment/run_id key=value ...` line per run, which
     shell scripts can grep and cut.
     """
     keys = varying_keys(runs)
+    training = training or {}
     if not stdout.is_terminal:
         for run in runs:
             values = " ".join(f"{k}={json.dumps(run.params[k])}" for k in keys)
+            how = f" engine={json.dumps(training[id(run)])}" if id(run) in training else ""
             stdout.print(f"{run.experiment}/{run.run_id} variant={run.variant} {values} "
-                         f"seed={run.seed}".replace("  ", " "), soft_wrap=True)
+                         f"seed={run.seed}{how}".replace("  ", " "), soft_wrap=True)
         return
     experiments = sorted({r.experiment for r in runs})
     table = Table(header_style="bold", title_justify="left",
@@ -95,10 +98,26 @@ def print_runs(runs: list[Run]) -> None:
         table.add_column("experiment")
     for key in keys:
         table.add_column(key, overflow="fold")
+    if training:
+        table.add_column("trains", overflow="fold")
     for run in runs:
         table.add_row(run.run_id, *([run.experiment] if len(experiments) > 1 else []),
-                      *(json.dumps(run.params[k]) for k in keys))
+                      *(json.dumps(run.params[k]) for k in keys),
+                      *([training.get(id(run), "")] if training else []))
     stdout.print(table)
+
+
+def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
+    """How each run will train, by id(run): "tf_pack 1 (4 runs)", "fit (train.pack: off)"..."""
+    from bncompare import engines
+
+    described = {}
+    for number, group in enumerate(engines.plan(runs, backend), start=1):
+        text = (f"{group.engine} group {number} ({len(group.runs)} runs)" if len(group.runs) > 1
+                else f"{group.engine} alone" + (f" ({group.note})" if group.note else ""))
+        for run in group.runs:
+            described[id(run)] = text
+    return described
 
 
 @app.command()
@@ -122,7 +141,10 @@ def run(
     """
     runs = _load(configs, overrides)
     if dry_run:
-        print_runs(runs)
+        import os
+
+        print_runs(runs, training_plan(runs, backend.value if backend else
+                                       os.environ.get("KERAS_BACKEND", "tensorflow")))
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
@@ -161,11 +183,14 @@ def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, addre
         import_ray()
         if address is None:  # a local Ray instance reads the same data as we do
             runner.load_data(runs)
+            runner.release_data()
         return None
     if jobs == 1:
         return runner.prepare(runs, device.value)
-    # The workers import the backend; importing it here would hold GPU memory they need.
+    # The workers import the backend; importing it here would hold GPU memory they need. The data
+    # is loaded once to fail early, then released: the workers load their own copies.
     runner.load_data(runs)
+    runner.release_data()
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
     return None
@@ -181,7 +206,7 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
         return execute_ray(runs, out, display, address=address, device=device.value, force=force)
     if jobs > 1:
         return parallel.execute_parallel(runs, out, display, jobs=jobs, device=device.value, force=force)
-    return runner.execute(runs, out, prepared, display, force=force), False
+    return runner.execute(runs, out, prepared, display, force=force)
 
 
 @app.command()

@@ -16,11 +16,13 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
-from bncompare.train import Listener
+from bncompare.lifecycle import Listener
 
 STATUS_STYLE = {"completed": "green", "diverged": "yellow", "failed": "bold red",
-                "interrupted": "bold red", "skipped": "dim", "busy": "cyan"}
-STATUS_WORD = {"skipped": "skipped (done before)", "busy": "busy (another process)"}
+                "interrupted": "bold red", "skipped": "dim", "busy": "cyan",
+                "not_started": "dim"}
+STATUS_WORD = {"skipped": "skipped (done before)", "busy": "busy (another process)",
+               "not_started": "not started"}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -76,6 +78,11 @@ class PlainDisplay(Listener):
         self.console.print(f"[{self.index}/{self.total}] {outcome.run.run_id} "
                            f"[{STATUS_STYLE[outcome.status]}]{outcome.status}[/] {detail}{note}",
                            highlight=False, soft_wrap=True)
+
+    def waiting(self, runs) -> None:
+        if not self.quiet:
+            self.console.print(f"waiting for {len(runs)} run{'s' * (len(runs) != 1)} that another "
+                               f"process is training", highlight=False, soft_wrap=True)
 
     def summary(self, outcomes) -> None:
         if not self.quiet:

@@ -66,6 +66,11 @@ FILE_MODE = 0o666 & ~_umask()
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, content: bytes) -> None:
+    """`write_atomic` for bytes."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,8 +78,8 @@ def write_atomic(path: Path, text: str) -> None:
         raise _naming(e, path) from None
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -125,22 +130,29 @@ class Claim:
         """The claim, or None when a live process holds it."""
         path = run_dir / CLAIM_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(attempts):
+        try:
+            for attempt in range(attempts):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # A reader checking liveness holds a shared lock for a moment; retry briefly
+                    # before concluding another trainer owns the run.
+                    if attempt == attempts - 1:
+                        os.close(fd)
+                        return None
+                    time.sleep(0.05)
+            # The file is never deleted (deleting a lock file races with its next opener); its
+            # content is only for people: who holds the run.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "since": now()}).encode(), 0)
+        except BaseException:  # a full disk refusing the note: no descriptor may leak
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                # A reader checking liveness holds a shared lock for a moment; retry briefly before
-                # concluding another trainer owns the run.
-                if attempt == attempts - 1:
-                    os.close(fd)
-                    return None
-                time.sleep(0.05)
-        # The file is never deleted (deleting a lock file races with its next opener); its content is
-        # only for people: who holds the run.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": now()}).encode(), 0)
+                os.close(fd)
+            except OSError:
+                pass
+            raise
         return cls(fd, path)
 
     def release(self) -> None:
@@ -148,6 +160,18 @@ class Claim:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files an atomic write left behind when its process was killed mid-write.
+
+    Only the claim holder calls this: no live process of this run can be writing them.
+    """
+    for stale in Path(run_dir).glob(".*.tmp"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def claim_holder(run_dir: Path) -> str:
@@ -182,11 +206,12 @@ class MetricsFile:
     """Builds one run's metrics.json, rewriting it atomically at every change."""
 
     def __init__(self, run_dir: Path, *, experiment: str, run_id: str, variant: str,
-                 params: dict[str, Any], environment: dict[str, Any]):
+                 params: dict[str, Any], environment: dict[str, Any],
+                 engine: dict[str, Any] | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.data: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "experiment": experiment, "run_id": run_id,
-            "variant": variant, "status": "running", "params": params,
+            "variant": variant, "status": "running", "engine": engine, "params": params,
             "history": {key: [] for key in HISTORY_KEYS},
             "final": {}, "diverged_at": None, "error": None, "environment": environment,
             "started_at": now(), "finished_at": None,
@@ -197,15 +222,21 @@ class MetricsFile:
         write_json(self.path, self.data)
 
     def add_point(self, point: dict[str, Any], blocks: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
-        """Append one eval point to the history; `blocks` are per-layer records (activations...)."""
-        for key in HISTORY_KEYS:
-            self.data["history"][key].append(point.get(key))
-        for block, layers in (blocks or {}).items():
+        """Append one eval point to the history; `blocks` are recorded series outside the history:
+        per layer ({"activations": {"layer_1": {"p50": value}}}) or flat ({"landscape": {"loss_min":
+        value}})."""
+        history = self.data["history"]
+        for key in dict.fromkeys([*HISTORY_KEYS, *point]):  # extra keys: val_accuracy_precise...
+            history.setdefault(key, []).append(point.get(key))
+        for block, entries in (blocks or {}).items():
             target = self.data.setdefault(block, {})
-            for layer, values in layers.items():
-                series = target.setdefault(layer, {})
-                for stat, value in values.items():
-                    series.setdefault(stat, []).append(value)
+            for name, values in entries.items():
+                if isinstance(values, dict):
+                    series = target.setdefault(name, {})
+                    for stat, value in values.items():
+                        series.setdefault(stat, []).append(value)
+                else:
+                    target.setdefault(name, []).append(values)
         self.save()
 
     def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
@@ -217,7 +248,24 @@ class MetricsFile:
             "best_val_accuracy": max(accuracies) if accuracies else None,
             "train_seconds": last.get("seconds"),
         }
+
         self.data.update(status=status, diverged_at=diverged_at, error=error, finished_at=now())
+        self.save()
+
+
+    def exclude_compile(self, seconds: float) -> None:
+        """Take compile time out of `history.seconds` and `final.train_seconds`, and record it.
+
+        Every eval point comes after the first compiled call, which held the compilation, so each
+        cumulative time drops by the same amount.
+        """
+        history = self.data["history"]
+        history["seconds"] = [None if t is None else round(max(t - seconds, 0.0), 3)
+                              for t in history["seconds"]]
+        final = self.data["final"]
+        if final.get("train_seconds") is not None:
+            final["train_seconds"] = history["seconds"][-1]
+        final["compile_seconds"] = round(seconds, 3)
         self.save()
 
 

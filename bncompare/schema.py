@@ -247,14 +247,15 @@ SCHEMA: dict[str, Option] = {
         "happen once per call, so a NaN loss is reported at the end of the call it occurred in",
         either("auto", integer(minimum=1), "a number of steps >= 1"), in_run_id=False),
     "train.jit_compile": Option(
-        "auto", "compile training with XLA: auto (on, measured 2x faster on CPU; off for models "
-        "with dropout, whose random masks XLA would draw differently) | true | false",
+        "auto", "compile training with XLA: auto (TensorFlow: off, so every path learns what the "
+        "plain path learns bit for bit; JAX: always on) | true (TensorFlow: opt-in; XLA reorders "
+        "float sums, so a BN run learns something slightly different, see README) | false",
         either("auto", boolean, "true or false"), in_run_id=False),
     "train.pack": Option(
-        "auto", "auto: runs of one invocation that share data, batch size, schedule and seed train "
-        "together in one compiled step on identical batches (TensorFlow backend; runs recording "
-        "activations, gradients or TensorBoard train alone) | off: one run after another",
-        pack_mode, in_run_id=False),
+        "auto", "auto: the planner groups runs for the backend's engine (TensorFlow: runs that "
+        "share data, batch size, schedule and seed train together in one compiled loop; JAX: many "
+        "runs as one vmapped program) and learn what they learn alone | off: one run at a time "
+        "through Keras fit", pack_mode, in_run_id=False),
     # record
     "record.eval_every": Option("epoch", 'evaluate on the validation data every "epoch" or every N '
                                 "optimizer steps (step-level curves)",
@@ -266,6 +267,9 @@ SCHEMA: dict[str, Option] = {
                                boolean),
     "record.tensorboard": Option(False, "write TensorBoard event files into each run directory",
                                  boolean, in_run_id=False),
+    "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
+                                   "start from the untrained model; instruments measure it too)",
+                                   boolean, added=2),
 }
 
 SECTIONS = ("data", "model", "train", "record")
