@@ -129,10 +129,13 @@ def test_set_reads_values_as_yaml_and_names_them_in_the_run_id(tmp_path):
 
 
 def test_set_wins_over_variants_and_replaces_a_sweep_axis(tmp_path):
-    runs = load_runs([write(tmp_path, SWEEP)], ["train.learning_rate=0.5", "model.batch_norm=true"])
+    runs = load_runs([write(tmp_path, SWEEP)], ["train.learning_rate=0.5", "model.dropout=0.1"])
     assert len(runs) == 2 * 2  # the learning-rate axis is gone
     assert {r["train.learning_rate"] for r in runs} == {0.5}
-    assert all(r["model.batch_norm"] for r in runs)
+    assert all(r["model.dropout"] == 0.1 for r in runs)
+    variants = write(tmp_path, "variants: {a: {model.dropout: 0.2, model.width: 8}, b: {model.dropout: 0.3}}\n")
+    runs = load_runs([variants], ["model.dropout=0.1"])
+    assert [(r.variant, r["model.dropout"], r["model.width"]) for r in runs] == [("a", 0.1, 8), ("b", 0.1, 128)]
 
 
 def test_set_can_add_sweeps_and_edit_variants(tmp_path):
@@ -149,8 +152,8 @@ def test_set_can_add_sweeps_and_edit_variants(tmp_path):
 @pytest.mark.parametrize("text, line, expected", [
     ("model:\n  dept: 3\n", 2, "model.dept: unknown key (did you mean model.depth?)"),
     ("modle:\n  depth: 3\n", 1, "modle: unknown key (did you mean model?)"),
-    ("model:\n  depth: two\n", 2, "model.depth: expected an integer >= 1, got 'two'"),
-    ("model:\n  depth: 0\n", 2, "model.depth: expected an integer >= 1, got 0"),
+    ("model:\n  depth: two\n", 2, "model.depth: expected an integer from 1 to 256, got 'two'"),
+    ("model:\n  depth: 0\n", 2, "model.depth: expected an integer from 1 to 256, got 0"),
     ("model:\n  batch_norm: 1\n", 2, "model.batch_norm: expected true or false, got 1"),
     ("train:\n  learning_rate: -0.1\n", 2, "train.learning_rate: expected a number > 0, got -0.1"),
     ("data:\n  dataset: imagenet\n", 2, "data.dataset: expected one of mnist, fashion_mnist"),
@@ -192,7 +195,7 @@ def test_yaml_one_point_one_exponents_are_numbers(tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("train.learning_rate", "--set train.learning_rate: expected KEY=VALUE"),
     ("train.learing_rate=0.1", "--set train.learing_rate=0.1: unknown key (did you mean train.learning_rate?)"),
-    ("model.depth=0", "--set model.depth=0: expected an integer >= 1, got 0"),
+    ("model.depth=0", "--set model.depth=0: expected an integer from 1 to 256, got 0"),
     ("model=3", "--set model=3: name one key, e.g. --set model.kind=..."),
     ("sweep.model.depth=3", "expected a non-empty list of values to sweep"),
     ("train.learning_rate=[0.1", "the value is not valid YAML"),
