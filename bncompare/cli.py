@@ -311,7 +311,8 @@ def summary(
         width = stdout.measure(rendered, options=stdout.options.update_width(1000)).maximum
         Console(width=width, highlight=False).print(rendered)
     if results.skipped:
-        stderr.print(f"{results.runs} runs summarised{_skipped_note(results)}.", soft_wrap=True)
+        stderr.print(f"{results.runs} run{'s' * (results.runs != 1)} summarised"
+                     f"{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

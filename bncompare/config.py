@@ -467,7 +467,9 @@ def _format_value(value: Any) -> str:
 
 def _id_part(key: str, value: Any) -> str:
     short = SCHEMA[key].short or key.rsplit(".", 1)[-1]
-    text = f"no{short}" if value is False else short if value is True else short + _format_value(value)
+    # None (`--set model.hidden=null`: not given) reads like false: `nohidden`, not `hiddenNone`.
+    text = (f"no{short}" if value is False or value is None else short if value is True
+            else short + _format_value(value))
     return re.sub(r"[^A-Za-z0-9._+]", "", text)
 
 

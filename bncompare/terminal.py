@@ -77,3 +77,42 @@ def protect_stdout() -> TextIO:
 
 def restore_stdout(previous: TextIO) -> None:
     sys.stdout = previous
+
+
+# One live display per terminal. In-process: a flag. Across processes (a shell script starting
+# several `bncompare run &` in one terminal): an advisory lock on a file named after the terminal
+# device, held while the display is live and released when the process ends, however it ends.
+_live_lock: int | None = None
+_live_here = False
+
+
+def claim_live(stream: TextIO) -> bool:
+    """True when the caller may draw a live display on `stream`'s terminal (nobody else does)."""
+    global _live_lock, _live_here
+    if _live_here:
+        return False
+    try:
+        import fcntl
+        import tempfile
+
+        device = os.fstat(stream.fileno()).st_rdev
+        path = os.path.join(tempfile.gettempdir(), f"bncompare-live-{os.getuid()}-{device}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        _live_lock = fd
+    except (OSError, ValueError, AttributeError, ImportError):
+        pass  # not a real terminal (a test's console) or no locking: this process alone decides
+    _live_here = True
+    return True
+
+
+def release_live() -> None:
+    """Let another display go live on this terminal."""
+    global _live_lock, _live_here
+    if _live_lock is not None:
+        os.close(_live_lock)  # closing releases the lock
+    _live_lock, _live_here = None, False
