@@ -265,7 +265,7 @@ def _flatten(mapping: Any, where: _Where, path: tuple[str, ...], prefix: str = "
             items = [(dotted, (value, path + (str(key),)))]
         for flat, (flat_value, flat_path) in items:
             if flat in out:  # `model: {hidden: [8]}` and `model.hidden: [4]` side by side
-                raise ConfigError(f"{where(flat_path, flat)}: given twice (also as "
+                raise ConfigError(f"{where(flat_path, '.'.join(flat_path))}: given twice (also as "
                                   f"{where(out[flat][1], '.'.join(out[flat][1]))})")
             out[flat] = (flat_value, flat_path)
     return out
@@ -320,18 +320,24 @@ def _parse_sweep(raw: Any, where: _Where, origins: dict | None = None) -> dict[s
     return sweep
 
 
+def set_label(text: str) -> str:
+    """`--set KEY=VALUE` as error messages name it: whole unless it is too long to read."""
+    return f"--set {text}" if len(text) <= 100 else f"--set {text[:60]}... ({len(text):,} characters)"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.learning_rate=0.1` -> ("train.learning_rate", 0.1); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     key = key.strip()
+    label = set_label(text)
     if not sep or not key:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set train.learning_rate=0.1")
+        raise ConfigError(f"{label}: expected KEY=VALUE, e.g. --set train.learning_rate=0.1")
     try:
-        value = parse_yaml(raw, f"--set {text}")[0] if raw.strip() else None
+        value = parse_yaml(raw, label)[0] if raw.strip() else None
     except ConfigError as e:
         if "invalid YAML" in str(e):
-            raise ConfigError(f"--set {text}: the value is not valid YAML") from None
-        raise
+            raise ConfigError(f"{label}: the value is not valid YAML") from None
+        raise ConfigError(str(e).replace(f"{label}:1: ", f"{label}: ", 1)) from None
     return key, value
 
 
@@ -377,7 +383,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     set_keys: list[str] = []
     for text in overrides or []:
         key, value = parse_override(text)
-        label = f"--set {text}"
+        label = set_label(text)
         if key.startswith("sweep."):
             swept = key[len("sweep."):]
             sweep.update(_parse_sweep({swept: value}, _Where(label, {}), origins))

@@ -26,7 +26,13 @@ MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
 
 
 def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, bool) else str(value).lower()
+    """The value as a one-line error shows it: YAML spelling for booleans, long ones shortened."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return _short(value)
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def boolean(value: Any) -> bool:
