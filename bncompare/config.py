@@ -158,9 +158,10 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: more than {MAX_CONFIG_BYTES:,} characters; a config needs a "
                           f"few hundred")
-    loader = yaml.SafeLoader(text)
     lines: dict[tuple[str, ...], int] = {}
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here already
         node = loader.get_single_node()
         if node is None:
             return None, lines
@@ -174,7 +175,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]
     except RecursionError:  # PyYAML's parser recurses once per nesting level
         raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
