@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from bncompare import terminal
 from bncompare.train import Listener
@@ -116,9 +116,12 @@ class LiveDisplay(PlainDisplay):
 
     def __init__(self, console: Console, out: Path):
         super().__init__(console, out)
+        # The run id column keeps its width (see sweep_started); the others give way to it.
+        self.id_column = Column(no_wrap=True)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+            TextColumn("{task.description}", table_column=self.id_column), BarColumn(bar_width=None),
+            MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=12)),
             console=console, transient=True)
         self.live = False
         self.sweep_task = None
@@ -140,6 +143,8 @@ class LiveDisplay(PlainDisplay):
 
     def sweep_started(self, runs) -> None:
         super().sweep_started(runs)
+        numbers = len(f"[{len(runs)}/{len(runs)}] ")
+        self.id_column.min_width = max((numbers + len(run.run_id) for run in runs), default=0)
         if self.live:
             self.sweep_task = self.progress.add_task("runs", total=len(runs), info="", eta="")
 
