@@ -82,8 +82,10 @@ def main(ctx: typer.Context,
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error to stderr; the caller raises the returned Exit."""
-    stderr.print(f"[bold red]error:[/] {escape(terminal.printable(message, newlines=False))}",
-                 soft_wrap=True)
+    message = terminal.printable(message, newlines=False)
+    if len(message) > 2000:  # a key of a megabyte is echoed as much as a user can read
+        message = f"{message[:1000]}... ({len(message):,} characters)"
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

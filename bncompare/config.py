@@ -541,10 +541,12 @@ def _check_ignored(experiment: Experiment, variant: str, params: dict[str, Any],
         if origin[0] == "default":
             continue
         decided_at = _origin(experiment, decider, variant, axes)
-        # Both in one file (as in every run's resolved config.yaml) is a documented precedence; a
-        # key given later than the key that decides (a variant, --set) was meant to take effect.
+        # Both in one file (as in every run's resolved config.yaml) is a documented precedence, and
+        # so is a --set of the deciding key after the other (`--set train.epochs=2 --set
+        # train.steps=10`); a key given later than the key that decides was meant to take effect.
         later = (LEVELS[origin[0]] > LEVELS[decided_at[0]]
-                 or origin[0] == decided_at[0] == "set")
+                 or (origin[0] == decided_at[0] == "set"
+                     and experiment.set_keys.index(key) > experiment.set_keys.index(decider)))
         hit = later and params[key] is not None and is_ignored(params[decider])
         ignored.setdefault(origin, []).append(hit)
         if hit:

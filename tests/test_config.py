@@ -261,6 +261,7 @@ def test_overriding_a_key_on_purpose_is_not_a_no_op(tmp_path):
     assert load_runs([write(tmp_path, "model: {depth: 3, hidden: [8]}\n")])
     assert load_runs([write(tmp_path, "train: {momentum: 0.5}\nsweep: {train.optimizer: [sgd, momentum]}\n")])
     assert load_runs([ORIGIN], ["model.hidden=null", "model.depth=4"])[0]["model.depth"] == 4
+    assert load_runs([ORIGIN], ["train.epochs=2", "train.steps=10"])[0]["train.epochs"] is None
 
 
 def test_two_variants_resolving_to_one_config_are_an_error():
