@@ -16,16 +16,27 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperOption
 
-from bncompare import __version__
+from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
 from bncompare.config import ConfigError, Run, load_runs, varying_keys
 
 app = typer.Typer(
     help="Train networks with and without Batch Normalization from a YAML config, and compare them.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
+
+
+def _flag_type(option: TyperOption, ctx) -> str | None:
+    """No `<bool>` after a flag in --help: a flag takes no value (Typer shows one for every option)."""
+    return None if option.is_flag else _option_type(option, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -55,15 +66,38 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def main(ctx: typer.Context,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """Train networks with and without Batch Normalization from a YAML config, and compare them."""
+    # The console script installs the signal handlers before importing this module; in-process
+    # callers (tests, `app()` from Python) get them here, for this command only.
+    if interrupts.install():
+        ctx.call_on_close(interrupts.uninstall)
+    if ctx.invoked_subcommand == "run":  # from here on a first Ctrl-C stops at a safe point
+        interrupts.defer()
+    previous = terminal.protect_stdout()  # `bncompare run ... | head`: see terminal.DroppingStream
+    ctx.call_on_close(lambda: terminal.restore_stdout(previous))
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error to stderr; the caller raises the returned Exit."""
+    message = terminal.printable(message, newlines=False)
+    if len(message) > 2000:  # a key of a megabyte is echoed as much as a user can read
+        message = f"{message[:1000]}... ({len(message):,} characters)"
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def _results_root(out: Path) -> Path:
+    """--out must be a directory or a path where one can be made: checked before anything loads."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "is a file" if folder.is_file() else "exists and is not a directory"
+                raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
+            break
+    return out
 
 
 def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
@@ -124,7 +158,8 @@ def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
-    out: Annotated[Path, typer.Option("--out", help="Results root directory.")] = Path("results"),
+    out: Annotated[Path, typer.Option("--out", callback=_results_root,
+                                      help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
@@ -210,13 +245,22 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="CONFIG.yaml",
-                                                    help="Experiment config file (YAML).")],
-             overrides: Overrides = None) -> None:
-    """Check a config and print the runs it expands to. Exit code 2 when it is invalid."""
-    runs = _load([config], overrides)
-    stdout.print(f"{config}: valid")
-    print_runs(runs)
+def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
+    """Check configs and print the runs each expands to. Exit code 2 when any is invalid."""
+    invalid = 0
+    for config in configs:
+        try:
+            runs = load_runs([config], overrides)
+        except ConfigError as e:
+            fail(str(e))
+            invalid += 1
+            continue
+        stdout.print(f"{escape(terminal.printable(str(config)))}: valid", soft_wrap=True)
+        print_runs(runs)
+    if invalid:
+        if len(configs) > 1:
+            stderr.print(f"{invalid} of {len(configs)} configs are invalid", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
 
 
 Metric = _choices("Metric", ("val_accuracy", "val_loss", "accuracy", "loss"))
@@ -294,7 +338,8 @@ def summary(
         width = stdout.measure(rendered, options=stdout.options.update_width(1000)).maximum
         Console(width=width, highlight=False).print(rendered)
     if results.skipped:
-        stderr.print(f"{results.runs} runs summarised{_skipped_note(results)}.", soft_wrap=True)
+        stderr.print(f"{results.runs} run{'s' * (results.runs != 1)} summarised"
+                     f"{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

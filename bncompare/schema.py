@@ -14,12 +14,25 @@ from typing import Any, Callable
 
 Check = Callable[[Any], Any]
 
+# Bounds on what a config may ask for, so that a typo fails in `validate`, not hours into a run or
+# deep inside Keras (a 1000-layer Sequential model overflows Python's recursion limit).
+MAX_DEPTH = 256  # hidden layers / conv blocks
+MAX_WIDTH = 100_000  # units or filters per layer
+MAX_STEPS = 10**8  # optimizer steps of one run, whether given as train.steps or train.epochs
+MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+
 
 # ---- value checks ------------------------------------------------------------------------------
 
 
 def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, bool) else str(value).lower()
+    """The value as a one-line error shows it: YAML spelling for booleans, long ones shortened."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return _short(value)
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def boolean(value: Any) -> bool:
@@ -28,19 +41,25 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {_describe(value)}")
 
 
-def integer(minimum: int | None = None) -> Check:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(value: Any) -> int:
         # bool is a subclass of int in Python; `depth: true` is a typo, not 1.
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ValueError(f"expected an integer{_bound(minimum)}, got {_describe(value)}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"expected an integer{_bound(minimum)}, got {value}")
+                raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_describe(value)}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_short(value)}")
         return value
 
     return check
+
+
+def _short(value: int) -> str:
+    """An integer as the user can read it in a one-line error, however many digits it has."""
+    text = str(value)
+    return text if len(text) <= 20 else f"a number of {len(text)} digits"
 
 
 def number(minimum: float | None = None, *, above: float | None = None,
@@ -52,9 +71,14 @@ def number(minimum: float | None = None, *, above: float | None = None,
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number{limits}, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)  # an integer such as 10**400 does not fit a float
+        except OverflowError:
+            raise ValueError(f"expected a number{limits}, got {_short(value)}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a number{limits}, got {_describe(value)}")
         if ((minimum is not None and value < minimum) or (above is not None and value <= above)
                 or (maximum is not None and value > maximum) or (below is not None and value >= below)):
             raise ValueError(f"expected a number{limits}, got {value:g}")
@@ -104,10 +128,12 @@ def either(literal: str, inner: Check, what: str) -> Check:
     return check
 
 
-def list_of(inner: Check, *, non_empty: bool = True) -> Check:
+def list_of(inner: Check, *, non_empty: bool = True, maximum: int | None = None) -> Check:
     def check(value: Any) -> list:
         if not isinstance(value, list) or (non_empty and not value):
             raise ValueError(f"expected a {'non-empty ' if non_empty else ''}list, got {_describe(value)}")
+        if maximum is not None and len(value) > maximum:
+            raise ValueError(f"expected a list of at most {maximum} items, got {len(value)}")
         out = []
         for i, item in enumerate(value):
             try:
@@ -119,7 +145,11 @@ def list_of(inner: Check, *, non_empty: bool = True) -> Check:
     return check
 
 
-def _bound(minimum: int | None) -> str:
+def _bound(minimum: int | None, maximum: int | None = None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum:,}"
+    if maximum is not None:
+        return f" <= {maximum:,}"
     return f" >= {minimum}" if minimum is not None else ""
 
 
@@ -131,6 +161,17 @@ INITIALIZERS: dict[str, tuple[str, ...]] = {
     "random_normal": ("mean", "stddev"), "random_uniform": ("minval", "maxval"),
     "truncated_normal": ("mean", "stddev"), "constant": ("value",), "orthogonal": ("gain",),
     "variance_scaling": ("scale", "mode", "distribution"),
+}
+
+
+# What Keras accepts for each argument (VarianceScaling raises on a scale <= 0 or an unknown mode or
+# distribution; a negative standard deviation is meaningless), checked here for the same reason.
+INITIALIZER_ARGUMENTS: dict[str, Check] = {
+    "mean": number(), "stddev": number(minimum=0), "minval": number(), "maxval": number(),
+    "value": number(), "gain": number(),
+    "scale": number(above=0),
+    "mode": one_of("fan_in", "fan_out", "fan_avg"),
+    "distribution": one_of("truncated_normal", "untruncated_normal", "uniform", "normal"),
 }
 
 
@@ -147,9 +188,13 @@ def initializer(value: Any) -> Any:
     for key in kwargs:
         if key not in INITIALIZERS[name]:
             allowed = ", ".join(INITIALIZERS[name]) or "no arguments"
-            raise ValueError(f"initializer {name!r} takes {allowed}; got {key!r}")
-        if key not in ("mode", "distribution"):
-            kwargs[key] = number()(kwargs[key])
+            raise ValueError(f"initializer {name!r} takes {allowed}; got {_describe(key)}")
+        try:
+            kwargs[key] = INITIALIZER_ARGUMENTS[key](kwargs[key])
+        except ValueError as e:
+            raise ValueError(f"initializer {name!r}: {key}: {e}") from None
+    if name in ("random_uniform",) and kwargs.get("minval", -0.05) >= kwargs.get("maxval", 0.05):
+        raise ValueError(f"initializer {name!r}: minval must be below maxval")
     return name if not kwargs else {"name": name, **dict(sorted(kwargs.items()))}
 
 
@@ -201,12 +246,15 @@ SCHEMA: dict[str, Option] = {
                                optional(integer(minimum=1)), short="n"),
     # model
     "model.kind": Option("mlp", "mlp | cnn", one_of("mlp", "cnn"), short="kind"),
-    "model.depth": Option(2, "hidden layers (mlp) or conv blocks (cnn)", integer(minimum=1),
+    "model.depth": Option(2, f"hidden layers (mlp) or conv blocks (cnn), at most {MAX_DEPTH}",
+                          integer(minimum=1, maximum=MAX_DEPTH),
                           short="depth"),
-    "model.width": Option(128, "units (mlp) or filters (cnn) per layer", integer(minimum=1),
+    "model.width": Option(128, "units (mlp) or filters (cnn) per layer",
+                          integer(minimum=1, maximum=MAX_WIDTH),
                           short="width"),
     "model.hidden": Option(None, "explicit per-layer sizes, e.g. [256, 128]; overrides depth/width",
-                           optional(list_of(integer(minimum=1))), short="hidden"),
+                           optional(list_of(integer(minimum=1, maximum=MAX_WIDTH), maximum=MAX_DEPTH)),
+                           short="hidden"),
     "model.activation": Option("relu", "relu | sigmoid | tanh | elu | gelu | linear",
                                one_of(*ACTIVATIONS), short="act"),
     "model.batch_norm": Option(False, "insert BatchNormalization in every hidden layer", boolean,
@@ -232,15 +280,17 @@ SCHEMA: dict[str, Option] = {
                                  number(minimum=0), short="wd"),
     "train.batch_size": Option(32, "examples per optimizer step", integer(minimum=1), short="bs"),
     "train.epochs": Option(5, "passes over the training data (ignored when steps is set)",
-                           optional(integer(minimum=1)), short="ep"),
-    "train.steps": Option(None, "total optimizer steps; overrides epochs when set",
-                          optional(integer(minimum=1)), short="steps"),
+                           optional(integer(minimum=1, maximum=MAX_STEPS)), short="ep"),
+    "train.steps": Option(None, f"total optimizer steps (at most {MAX_STEPS:,}); overrides "
+                          "epochs when set", optional(integer(minimum=1, maximum=MAX_STEPS)),
+                          short="steps"),
     "train.precision": Option("float32", "float32 | mixed_float16 | mixed_bfloat16: compute in "
                               "16 bits, keep weights in 32 (Keras mixed precision; helps on GPUs "
                               "with tensor cores, not on CPUs)",
                               one_of("float32", "mixed_float16", "mixed_bfloat16"), short="prec"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
-                          "aggregate over seeds", list_of(integer(minimum=0))),
+                          "aggregate over seeds (each from 0 to 2**32 - 1, as NumPy and Keras take them)",
+                          list_of(integer(minimum=0, maximum=MAX_SEED))),
     # speed only: these never change what a run learns, so they stay out of run ids
     "train.steps_per_execution": Option(
         "auto", "optimizer steps per compiled call (auto: 128). Divergence checks and progress "

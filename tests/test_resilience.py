@@ -208,7 +208,7 @@ def test_plain_sgd_with_a_huge_learning_rate_diverges_and_the_sweep_goes_on(tmp_
     blown, fine = load_runs([tmp_path / "div.yaml"])
     rc, output = finish(start("run", "div.yaml", "--out", "out", cwd=tmp_path))
     assert rc == 0, output  # diverging is a result, not an error
-    assert "2 runs: 1 diverged, 1 completed. 1 of 2 diverged." in output
+    assert "2 runs: 1 diverged, 1 completed. Results in" in output
 
     data = strict_json(tmp_path / "out" / "div" / blown.run_id / METRICS_FILE)
     assert data["status"] == "diverged" and data["error"] is None
