@@ -185,7 +185,18 @@ def run(
     from bncompare.backend import DeviceError, select_backend
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay
+    from bncompare.skipping import unfinished
 
+    if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
+        from bncompare.lifecycle import Outcome, finished_record
+
+        outcomes = []
+        for one in runs:
+            done = finished_record(out / one.experiment / one.run_id) or {}
+            outcomes.append(Outcome(one, "skipped", done.get("final") or {},
+                                    f"already {done.get('status', 'finished')}"))
+        PlainDisplay(stdout, out, quiet).summary(outcomes)
+        raise typer.Exit(runner.exit_code(outcomes))
     try:  # everything the user must fix fails here, before anything is written
         select_backend(backend.value if backend else None)
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
