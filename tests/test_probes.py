@@ -320,3 +320,75 @@ def test_other_backends_give_the_closed_form(backend):
     _, (_, g2_after) = closed_form(x, y, [weights[0] - LEARNING_RATE * g1, weights[1]])
     assert got["ics"]["output"]["l2"] == pytest.approx(np.linalg.norm(g2 - g2_after), rel=1e-4)
     assert got["unchanged"]
+
+
+# ---- figures (bncompare/probe_plots.py) from results written through bncompare's writer ------------
+
+PLOTTED = """\
+name: probes
+data: {dataset: synthetic}
+train: {seeds: [0, 1]}
+record: {landscape: true, ics: true}
+"""
+
+
+def write_probed_runs(tmp_path: Path, points: int = 4) -> Path:
+    """Both default variants x 2 seeds; bn's band is half as wide and its ICS smaller."""
+    from bncompare.results import MetricsFile
+
+    out = tmp_path / "results"
+    config = tmp_path / "config.yaml"
+    config.write_text(PLOTTED)
+    for run in load_runs([config]):
+        scale = 0.5 if run.variant == "bn" else 1.0
+        run_dir = out / run.experiment / run.run_id
+        run_dir.mkdir(parents=True)
+        metrics = MetricsFile(run_dir, experiment=run.experiment, run_id=run.run_id,
+                              variant=run.variant, params=run.params, environment={})
+        for i in range(points + 1):  # an eval point at step 0 too (record.eval_at_start)
+            if i:
+                metrics.add_point({"epoch": i, "step": 10 * i, "loss": 1 / i, "accuracy": 0.5,
+                                   "val_loss": 1 / i, "val_accuracy": 0.5, "seconds": 2.0 * i})
+            append_point(metrics.data, {
+                "landscape": {"step": 10 * i, "loss_min": 1 / (i + 1), "loss_max": (1 + scale) / (i + 1),
+                              "grad_diff_min": scale / (i + 1), "grad_diff_max": 3 * scale / (i + 1),
+                              "beta_smoothness": 10 * scale + run.seed},
+                "ics": {name: {"step": 10 * i, "l2": 0.0 if name == "dense_1" else scale / (i + 1),
+                               "cosine": 1.0 if name == "dense_1" else 1 - 0.1 * scale}
+                        for name in ("dense_1", "dense_2", "output")}})
+        metrics.finish("completed")
+    return out
+
+
+def test_probe_figures_draw_a_band_per_variant_and_skip_the_first_layer(tmp_path):
+    from bncompare.aggregate import load
+    from bncompare.plots import save
+    from bncompare.probe_plots import block_curve, figures, ics_figure, landscape_figure
+
+    results = load(write_probed_runs(tmp_path))
+    (experiment,) = results.experiments
+    figure = landscape_figure(experiment, "step")
+    loss_band, grad_band, beta = figure.axes[:3]
+    assert len(loss_band.collections) == len(grad_band.collections) == 2  # a band per variant
+    assert beta.get_yscale() == "log"
+    no_bn = next(c for c in experiment.conditions if c.variant == "no_bn")
+    curve = block_curve(no_bn, ("landscape", "beta_smoothness"), "step")
+    assert list(curve.x) == [0, 10, 20, 30, 40] and curve.mean[0] == pytest.approx(10.5)
+    by_epoch = block_curve(no_bn, ("ics", "output", "l2"), "epoch")
+    assert list(by_epoch.x) == [0, 1, 2, 3, 4]
+    ics = ics_figure(experiment, "time")
+    assert [ax.get_title() for ax in ics.axes[:2]] == ["dense_2", "output"]  # dense_1: 0 by definition
+    assert "dense_1 omitted" in ics.get_suptitle().replace("\n", " ")
+    written = [save(fig, tmp_path / f"{stem}.png", "png") for stem, fig in
+               figures(experiment, {"bn": "#0072B2", "no_bn": "#E69F00"}, "step")]
+    assert [p.name for p in written] == ["landscape-step.png", "ics-step.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def test_probe_figures_are_none_without_probe_blocks(tmp_path):
+    from bncompare.aggregate import load
+    from bncompare.probe_plots import ics_figure, landscape_figure
+    from tests.results_fixtures import sweep_results
+
+    (experiment,) = load(sweep_results(tmp_path)).experiments
+    assert landscape_figure(experiment) is None and ics_figure(experiment) is None
