@@ -14,8 +14,9 @@ same random draws at every probe of one eval point because the seed state is an 
     grad_diff_min, _max       min and max of ||grad L(W) - grad L(W')||        (gradient predictiveness)
     beta_smoothness           max of ||grad L(W) - grad L(W')|| / ||eta * g||  (effective beta-smoothness)
   W is every trainable variable (kernels, biases, BN gamma and beta), as one vector.
-  The default factors (0.5, 1, 2, 4) span half to four learning rates, the paper's range in spirit
-  (its VGG steps lie between about half and four times its learning rate of 0.1).
+  The paper measures, at each training step, a range of distances along the gradient around the
+  step training takes; the default factors (0.5, 1, 2, 4) are this project's choice in that spirit:
+  from half the actual SGD step to four times it (for SGD, eta = learning rate is the real step).
   Cost: 1 + len(factors) forward-backward passes on the probe batch.
 - `record.ics` (Santurkar Definition 2.1). For each weight layer i (Dense or Conv2D: `dense_1`,
   `dense_2`, ..., `output`; named by the Keras layer name):
