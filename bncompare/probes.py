@@ -34,12 +34,14 @@ Nothing here writes to the model or the optimizer, and nothing draws from Keras'
 generator, so training is bit-identical with the probes on or off (tests/test_probes.py).
 
 Gradients use each backend's own autodiff around the same `stateless_call` (Keras 3 has no
-backend-neutral gradient API): tf.GradientTape, jax.value_and_grad, torch.autograd.grad.
+backend-neutral gradient API): tf.GradientTape in a tf.function, jax.value_and_grad under jax.jit,
+torch.autograd.grad (eager).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -194,44 +196,63 @@ def keras_loss_and_gradients(model, x: np.ndarray, y: np.ndarray,
     updates are dropped, so the model is never written.
     """
     keras = import_keras()
+    value_and_gradients = _compiled(keras, model, per_example)
     non_trainable = [v.value for v in model.non_trainable_variables]
     x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
 
-    def loss_of(trainable_values):
-        outputs, _ = model.stateless_call(trainable_values, non_trainable, x, training=True)
-        return keras.ops.mean(per_example(keras, y, outputs))
-
     def loss_and_gradients(weights: Weights) -> tuple[float, Weights]:
-        loss, gradients = _autodiff(keras, loss_of, weights)
+        trainable = [keras.ops.convert_to_tensor(w) for w in weights]
+        loss, gradients = value_and_gradients(trainable, non_trainable, x, y)
         return (float(keras.ops.convert_to_numpy(loss)),
                 [np.array(keras.ops.convert_to_numpy(g)) for g in gradients])
 
     return loss_and_gradients
 
 
-def _autodiff(keras, loss_of: Callable, weights: Weights):
-    """(loss, gradients) of loss_of at weights with the backend's own autodiff."""
+# One compiled gradient function per model (and loss), reused at every eval point: traced once,
+# a gradient costs about a fifth of an eager one (measured 3.7 ms vs 19 ms, santurkar2018 BN MLP).
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _compiled(keras, model, per_example: PerExampleLoss) -> Callable:
+    """(trainable, non_trainable, x, y) -> (loss, gradients), with the backend's own autodiff
+    (Keras 3 has no backend-neutral gradient API), compiled where the backend compiles."""
+    functions = _COMPILED.setdefault(model, {})
+    if per_example in functions:
+        return functions[per_example]
+    # A weak reference: the cache must not keep a finished run's model alive through its own value.
+    model_ref = weakref.ref(model)
+
+    def loss_of(trainable, non_trainable, x, y):
+        outputs, _ = model_ref().stateless_call(trainable, non_trainable, x, training=True)
+        return keras.ops.mean(per_example(keras, y, outputs))
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        values = [tf.convert_to_tensor(w) for w in weights]
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            loss = loss_of(values)
-        return loss, tape.gradient(loss, values)
-    if backend == "jax":
+        @tf.function(reduce_retracing=True)
+        def value_and_gradients(trainable, non_trainable, x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                loss = loss_of(trainable, non_trainable, x, y)
+            return loss, tape.gradient(loss, trainable)
+    elif backend == "jax":
         import jax
 
-        return jax.value_and_grad(loss_of)([keras.ops.convert_to_tensor(w) for w in weights])
-    if backend == "torch":
+        value_and_gradients = jax.jit(jax.value_and_grad(loss_of))
+    elif backend == "torch":
         import torch
 
-        values = [keras.ops.convert_to_tensor(w).detach().requires_grad_(True) for w in weights]
-        loss = loss_of(values)
-        return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, values)]
-    raise NotImplementedError(f"record.landscape and record.ics support the tensorflow, jax and "
-                              f"torch backends, not {backend!r}; turn them off")
+        def value_and_gradients(trainable, non_trainable, x, y):
+            leaves = [t.detach().requires_grad_(True) for t in trainable]
+            loss = loss_of(leaves, non_trainable, x, y)
+            return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, leaves)]
+    else:
+        raise NotImplementedError(f"record.landscape and record.ics support the tensorflow, jax "
+                                  f"and torch backends, not {backend!r}; turn them off")
+    functions[per_example] = value_and_gradients
+    return value_and_gradients
 
 
 def weight_layers(model) -> list[WeightLayer]:
