@@ -28,7 +28,8 @@ same random draws at every probe of one eval point because the seed state is an 
   The update is the run's own optimizer (its momentum or Adam moments, its step count, weight decay)
   applied to copies of its variables: the real optimizer and model are untouched. The first layer
   has no preceding layers, so its l2 is 0 and its cosine 1 by definition.
-  Cost: one forward-backward pass per weight layer, plus one optimizer update of copies.
+  Cost: one forward-backward pass per weight layer but the first, plus one optimizer update
+  of copies (the gradient at W^t is shared with the landscape probe).
 
 Nothing here writes to the model or the optimizer, and nothing draws from Keras's global random
 generator, so training is bit-identical with the probes on or off (tests/test_probes.py).
@@ -52,7 +53,6 @@ from bncompare.data import Dataset
 from bncompare.models import per_example_loss
 
 DEFAULT_FACTORS = (0.5, 1.0, 2.0, 4.0)
-LANDSCAPE_KEYS = ("loss_min", "loss_max", "grad_diff_min", "grad_diff_max", "beta_smoothness")
 
 Weights = list  # list of NumPy arrays, one per trainable variable, in model.trainable_variables order
 LossAndGradients = Callable[[Weights], tuple[float, Weights]]
