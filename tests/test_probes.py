@@ -230,7 +230,7 @@ def test_probing_writes_nothing_and_training_is_bit_identical():
     finals, blocks = [], []
     for probe in (False, True):
         keras, params, model, optimizer, data = bn_setup(dropout=0.2)
-        for chunk in range(3):
+        for chunk in range(2):
             if probe:
                 before = snapshot(keras, model, optimizer)
                 blocks.append(probe_blocks(model, optimizer, data, params, step=4 * chunk))
