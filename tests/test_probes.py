@@ -199,13 +199,17 @@ def test_cross_entropy_gradients_match_a_gradient_tape_on_a_copy():
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["momentum", "adam"])
-def test_the_ics_update_is_the_step_the_optimizer_really_takes(name):
+@pytest.mark.parametrize("name, trained", [("momentum", True), ("adam", True), ("adam", False)])
+def test_the_ics_update_is_the_step_the_optimizer_really_takes(name, trained):
+    """After some steps (momenta non-zero), and at step 0 (record.eval_at_start: not built yet)."""
     keras, params, model, optimizer, data = bn_setup(optimizer=name)
-    model.fit(data.x_train, data.y_train, batch_size=16, epochs=1, verbose=0)  # momenta are non-zero
+    if trained:
+        model.fit(data.x_train, data.y_train, batch_size=16, epochs=1, verbose=0)
+    assert optimizer.built == trained
     current = current_weights(model)
     _, gradients = keras_loss_and_gradients(model, data.x_train[:16], data.y_train[:16])(current)
     predicted = optimizer_update(optimizer, model, current, gradients)
+    assert optimizer.built == trained  # the copy was built, not the optimizer
     optimizer.apply([keras.ops.convert_to_tensor(g) for g in gradients], model.trainable_variables)
     for got, real in zip(predicted, current_weights(model)):
         np.testing.assert_array_equal(got, real)
