@@ -101,6 +101,8 @@ def stop_at_safe_points(signals: tuple[int, ...] = SIGNALS) -> Iterator[None]:
     try:
         yield
     finally:
-        _deferring = deferring
+        # The request belonged to this block: a later block or check() (the next test in the
+        # same process, say) must not see it.
+        _deferring, _requested = deferring, False
         for number, handler in previous.items():
             signal.signal(number, handler)

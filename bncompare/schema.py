@@ -320,6 +320,16 @@ SCHEMA: dict[str, Option] = {
     "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
                                    "start from the untrained model; instruments measure it too)",
                                    boolean, added=2),
+    "record.landscape": Option(False, "Santurkar et al. 2018 loss-landscape probes at each eval "
+                               "point: loss band, gradient predictiveness and effective "
+                               "beta-smoothness along the gradient (costs 1 + len(landscape_factors) "
+                               "gradient evaluations per eval point)", boolean, added=2),
+    "record.landscape_factors": Option([0.5, 1.0, 2.0, 4.0], "the landscape probes' step sizes, as "
+                                       "multiples of train.learning_rate",
+                                       list_of(number(above=0)), added=2),
+    "record.ics": Option(False, "Santurkar et al. 2018 internal covariate shift (Def. 2.1) of each "
+                         "weight layer at each eval point: l2 distance and cosine between its "
+                         "gradient before and after the preceding layers' update", boolean, added=2),
 }
 
 SECTIONS = ("data", "model", "train", "record")
