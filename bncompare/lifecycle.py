@@ -128,6 +128,8 @@ class Recorder:
                                    variant=run.variant, params=run.params, environment=environment,
                                    engine=engine)
         self.instruments = Instruments(run.params, data, Path(run_dir))
+        self.data = data
+        self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
         self.limit = math.inf
         self.status: str | None = None  # set when the run ends
 
@@ -150,9 +152,11 @@ class Recorder:
             self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
         return self.active
 
-    def point(self, point: dict[str, Any], blocks: dict | None = None, model=None) -> bool:
-        """Record an eval point, or the divergence it shows. With `model`, the run's instruments
-        (`record.activations`...) measure it first."""
+    def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
+              optimizer=None) -> bool:
+        """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`
+        training it, default `model.optimizer`), the run's instruments (`record.activations`,
+        `record.landscape`...) measure it first, on a snapshot: training is not changed."""
         if not self.active:
             return False
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
@@ -162,6 +166,11 @@ class Recorder:
         measured = dict(blocks or {})
         if model is not None:
             measured.update(self.instruments.measure(model, point))
+            if self.probing:
+                from bncompare.probes import probe_blocks
+
+                measured.update(probe_blocks(model, optimizer or model.optimizer, self.data,
+                                             self.run.params, point["step"]))
         self.metrics.add_point(point, measured)
         self.listener.point(point, slot=self.slot)
         return True

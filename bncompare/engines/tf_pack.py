@@ -90,7 +90,7 @@ class TfPackEngine:
                      "accuracy": None if interval is None else float(interval[1, i] / interval[2, 0]),
                      "val_loss": float(scores[0, i] / len(data.x_val)),
                      "val_accuracy": float(scores[1, i] / len(data.x_val)),
-                     "seconds": round(seconds, 3)}, model=models[i])
+                     "seconds": round(seconds, 3)}, model=models[i], optimizer=optimizers[i])
 
         stopwatch = Stopwatch()
         if schedule.is_eval(0):
