@@ -14,10 +14,11 @@ about what BN learned. This module evaluates a trained model three ways (`record
 - ``batch``: the validation data in batches of `train.batch_size`, each normalised with its own
   statistics, as in training (dropout off, nothing updated).
 
-Everything here is a pure function of the model's current variable values: the statistics are
-computed with Keras ops on a copy of the BN state and swapped in through ``stateless_call``, so the
-model's variables (and the random state of its dropout layers) are never touched, and training is
-bit-identical with and without these evaluations. Keras 3 APIs only, so it runs on every backend.
+Everything here reads the model's current variables and writes none of them: the statistics are
+computed on copies (NumPy, float64 averages) and used through views of the model that share its
+layers and weights but replace each BatchNormalization call by a layer that never updates anything,
+run with dropout off. So the model's weights, moving averages and random state are untouched, and
+training is bit-identical with and without these evaluations. Keras 3 APIs only: every backend.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import weakref
 from typing import Any
 
 import numpy as np
+import scipy.special
 
 from bncompare.backend import import_keras
-from bncompare.models import per_example_loss
 
 MODES = ("moving", "precise", "batch")
 VARIANCE_CHOICES = ("biased", "unbiased")
@@ -94,13 +95,6 @@ def batch_norm_layers(model) -> list:
     return found
 
 
-def _statistic_slots(model, layers) -> list[tuple[int, int]]:
-    """For each BN layer, the positions of its moving mean and moving variance in
-    `model.non_trainable_variables` (matched by identity: `==` on Keras variables is elementwise)."""
-    position = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
-    return [(position[id(layer.moving_mean)], position[id(layer.moving_variance)]) for layer in layers]
-
-
 def values_per_statistic(layer, batch_size: int) -> int:
     """m in Ioffe & Szegedy's m/(m-1): the values one batch statistic averages over, i.e. the batch
     times every position the layer shares its statistics across (height x width after a Conv2D)."""
@@ -116,50 +110,79 @@ def _unbiased_factor(m: int, layer) -> float:
     return m / (m - 1)
 
 
-def moving_statistics(model, batch_size: int, unbiased: bool = False) -> list:
-    """The model's non-trainable values for inference with its moving averages; with `unbiased`,
-    each moving variance times m/(m-1) (Ioffe & Szegedy 2015, Algorithm 2) for the training batch
-    size (Keras stores the average of biased batch variances)."""
+Statistics = list  # [(mean, variance)] as float64 NumPy arrays, one pair per batch_norm_layers(model)
+
+
+def moving_statistics(model, batch_size: int, unbiased: bool = False) -> Statistics:
+    """Every BN layer's moving mean and variance; with `unbiased`, each variance times m/(m-1)
+    (Ioffe & Szegedy 2015, Algorithm 2) for the training batch size, since Keras stores the moving
+    average of biased batch variances."""
+    out = []
+    for layer in batch_norm_layers(model):
+        mean = np.asarray(layer.moving_mean.numpy(), np.float64)
+        variance = np.asarray(layer.moving_variance.numpy(), np.float64)
+        if unbiased:
+            variance = variance * _unbiased_factor(values_per_statistic(layer, batch_size), layer)
+        out.append((mean, variance))
+    return out
+
+
+# ---- views of the model: the same layers and variables, BN computed our way -------------------------
+#
+# Each view is a functional clone that reuses the model's own layers (clone_function=identity), so it
+# reads the model's current weights, with every BatchNormalization call replaced by a small layer
+# that never assigns to the model's variables. Views are run with Keras's own predict (compiled on
+# every backend, dropout off); on JAX, predict writes the variables it read back unchanged.
+
+
+def _view_layers():
     keras = import_keras()
-    values = [v.value for v in model.non_trainable_variables]
-    if not unbiased:
-        return values
-    layers = batch_norm_layers(model)
-    for layer, (_, var_slot) in zip(layers, _statistic_slots(model, layers)):
-        factor = _unbiased_factor(values_per_statistic(layer, batch_size), layer)
-        values[var_slot] = keras.ops.multiply(values[var_slot], factor)
-    return values
+    ops = keras.ops
 
+    def normalize(bn, inputs, mean, variance):
+        # The same steps as BatchNormalization.call (Keras 3.15): statistics in float32 at least,
+        # ops.batch_normalization, then back to the compute dtype.
+        gamma = ops.cast(bn.gamma, inputs.dtype) if bn.scale else None
+        beta = ops.cast(bn.beta, inputs.dtype) if bn.center else None
+        outputs = ops.batch_normalization(inputs, mean, variance, axis=bn.axis, offset=beta,
+                                          scale=gamma, epsilon=bn.epsilon)
+        return ops.cast(outputs, bn.compute_dtype)
 
-# ---- training-mode BN with dropout off, as a second view of the same layers ----------------------
-
-
-def _batch_statistics_layer_class():
-    keras = import_keras()
+    def upcast(inputs):
+        return ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
 
     class BatchStatistics(keras.layers.Layer):
-        """A BatchNormalization layer's training-mode forward (normalise with the batch's own mean
-        and biased variance, then gamma and beta) without its moving-average update. It holds the
-        original layer, so it reads the same gamma and beta variables."""
+        """A BN layer in training mode (its batch's mean and biased variance, gamma, beta) without
+        the moving-average update."""
 
-        def __init__(self, batch_norm, **kwargs):
-            super().__init__(name=f"{batch_norm.name}_batch_statistics",
-                             dtype=batch_norm.dtype_policy, **kwargs)
+        def __init__(self, batch_norm):
+            super().__init__(name=f"{batch_norm.name}_batch", dtype=batch_norm.dtype_policy)
             self.batch_norm = batch_norm
 
         def call(self, inputs):
-            bn, ops = self.batch_norm, keras.ops
-            # The same steps as BatchNormalization.call in training mode (Keras 3.15): statistics in
-            # float32 at least, then ops.batch_normalization, then back to the compute dtype.
-            x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-            mean, variance = ops.moments(x, axes=reduction_axes(bn, len(x.shape)))
-            gamma = ops.cast(bn.gamma, x.dtype) if bn.scale else None
-            beta = ops.cast(bn.beta, x.dtype) if bn.center else None
-            outputs = ops.batch_normalization(x, mean, variance, axis=bn.axis, offset=beta,
-                                              scale=gamma, epsilon=bn.epsilon)
-            return ops.cast(outputs, bn.compute_dtype)
+            x = upcast(inputs)
+            mean, variance = ops.moments(x, axes=reduction_axes(self.batch_norm, len(x.shape)))
+            return normalize(self.batch_norm, x, mean, variance)
 
-    return BatchStatistics
+    class FixedStatistics(keras.layers.Layer):
+        """A BN layer in inference mode with statistics of its own (set before each use) in place
+        of the moving averages."""
+
+        def __init__(self, batch_norm):
+            super().__init__(name=f"{batch_norm.name}_fixed", dtype=batch_norm.dtype_policy)
+            self.batch_norm = batch_norm
+            shape = batch_norm.moving_mean.shape
+            self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
+                                        autocast=False, name="mean")
+            self.variance = self.add_weight(shape=shape, initializer="ones", trainable=False,
+                                            autocast=False, name="variance")
+
+        def call(self, inputs):
+            x = upcast(inputs)
+            return normalize(self.batch_norm, x, ops.cast(self.mean, x.dtype),
+                             ops.cast(self.variance, x.dtype))
+
+    return BatchStatistics, FixedStatistics
 
 
 def reduction_axes(layer, ndim: int) -> list[int]:
@@ -167,47 +190,61 @@ def reduction_axes(layer, ndim: int) -> list[int]:
     return [i for i in range(ndim) if i != layer.axis % ndim]
 
 
-class _BatchViews:
-    """Two functional models over the original model's own layers (shared variables): `forward`,
-    the model with every BN layer in training mode but nothing updated, and `probe`, the inputs of
-    every BN layer under that forward. Called with training=False, so dropout is off."""
+def _clone(model, replace):
+    """The model with every BN layer call replaced by `replace(layer)`; returns the clone and, per BN
+    layer, the symbolic tensor it was called on."""
+    keras = import_keras()
+    bn_inputs: dict[int, Any] = {}
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            bn_inputs[id(layer)] = args[0]
+            return replace(layer)(args[0])
+        return layer(*args, **kwargs)
+
+    clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    return clone, [bn_inputs[id(layer)] for layer in batch_norm_layers(model)]
+
+
+class _Views:
+    """`fixed`: inference with statistics set in `fixed_layers`; `batch`: every BN normalising with
+    its batch's statistics; `probe`: under `batch`, each BN input's per-example mean and variance
+    over the positions that share a statistic (zero variance after a Dense layer)."""
 
     def __init__(self, model):
         keras = import_keras()
-        BatchStatistics = _batch_statistics_layer_class()
-        self.layers = batch_norm_layers(model)
-        bn_inputs: dict[int, Any] = {}
+        ops = keras.ops
+        BatchStatistics, FixedStatistics = _view_layers()
+        self.fixed_layers = []
 
-        def call(layer, *args, **kwargs):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                bn_inputs[id(layer)] = args[0]
-                return BatchStatistics(layer)(args[0])
-            return layer(*args, **kwargs)
+        def fixed(layer):
+            self.fixed_layers.append(FixedStatistics(layer))
+            return self.fixed_layers[-1]
 
-        # clone_function=identity reuses the layers, so both views read the model's variables.
-        self.forward = keras.models.clone_model(model, clone_function=lambda layer: layer,
-                                                call_function=call)
-        self.probe = keras.Model(self.forward.input, [bn_inputs[id(layer)] for layer in self.layers])
+        self.fixed, _ = _clone(model, fixed)
+        self.batch, inputs = _clone(model, BatchStatistics)
+        per_example = []
+        for layer, h in zip(batch_norm_layers(model), inputs):
+            h = ops.cast(h, keras.backend.result_type(h.dtype, "float32"))
+            axes = [i for i in reduction_axes(layer, len(h.shape)) if i != 0]
+            mean, variance = ops.moments(h, axes=axes) if axes else (h, ops.zeros_like(h))
+            per_example += [mean, variance]
+        self.probe = keras.Model(self.batch.input, per_example) if per_example else None
 
 
-# Views are built once per model (cloning walks the graph; a few tens of milliseconds).
-_VIEWS: "weakref.WeakKeyDictionary[Any, _BatchViews]" = weakref.WeakKeyDictionary()
+# Views are built once per model (cloning walks the graph) and keep their compiled predict functions.
+_VIEWS: "weakref.WeakKeyDictionary[Any, _Views]" = weakref.WeakKeyDictionary()
 
 
-def _views(model) -> _BatchViews:
+def _views(model) -> _Views:
     if model not in _VIEWS:
-        _VIEWS[model] = _BatchViews(model)
+        _VIEWS[model] = _Views(model)
     return _VIEWS[model]
 
 
-def _stateless(model, x, non_trainable=None):
-    """`model(x, training=False)` with the model's current weights (and the given non-trainable
-    values), through stateless_call so that no variable can change."""
-    trainable = [v.value for v in model.trainable_variables]
-    if non_trainable is None:
-        non_trainable = [v.value for v in model.non_trainable_variables]
-    outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-    return outputs
+def _predict(view, x, batch_size: int):
+    outputs = view.predict(x, batch_size=batch_size, verbose=0)
+    return outputs if isinstance(outputs, list) else [outputs]
 
 
 # ---- PreciseBN -------------------------------------------------------------------------------------
@@ -221,77 +258,64 @@ def precise_batches(n_train: int, batch_size: int, examples: int) -> list[tuple[
     return [(i * batch_size, (i + 1) * batch_size) for i in range(count)]
 
 
-def precise_statistics(model, x, batch_size: int, examples: int, unbiased: bool = False) -> list:
-    """The model's non-trainable values with every BN layer's moving mean and variance replaced by
-    PreciseBN's population statistics: the mean of the per-batch means and the mean of the per-batch
-    (biased, as Keras computes them; with `unbiased`, each times m/(m-1)) variances, the batches
-    being full batches of `batch_size` from the first `examples` rows of `x`, run in training mode
-    (each BN normalising with its batch's statistics, as upstream layers did in training; dropout
-    off). Without BN layers: the model's own values."""
-    keras = import_keras()
-    ops = keras.ops
-    values = [v.value for v in model.non_trainable_variables]
+def precise_statistics(model, x, batch_size: int, examples: int, unbiased: bool = False) -> Statistics:
+    """PreciseBN's population statistics for every BN layer: the mean of the per-batch means and the
+    mean of the per-batch variances (biased, as Keras computes them; with `unbiased`, each times
+    m/(m-1)), over full batches of `batch_size` from the first `examples` rows of `x`, the model run
+    in training mode (each BN normalising with its batch's statistics, as upstream layers did in
+    training; dropout off) with its weights as they are."""
     layers = batch_norm_layers(model)
     if not layers:
-        return values
-    views = _views(model)
-    means = [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers]
-    variances = [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers]
+        return []
     batches = precise_batches(len(x), batch_size, examples)
-    for start, stop in batches:
-        inputs = _stateless(views.probe, x[start:stop])
-        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        for i, (layer, h) in enumerate(zip(layers, inputs)):
-            h = ops.cast(h, keras.backend.result_type(h.dtype, "float32"))
-            mean, variance = ops.moments(h, axes=reduction_axes(layer, len(h.shape)))
-            variance = ops.convert_to_numpy(variance).astype(np.float64)
-            if unbiased:
-                variance *= _unbiased_factor(values_per_statistic(layer, stop - start), layer)
-            means[i] += ops.convert_to_numpy(mean)
-            variances[i] += variance
-    # fvcore accumulates the same equal-weight average incrementally: running += (x - running)/(k+1).
-    for layer, (mean_slot, var_slot), mean, variance in zip(
-            layers, _statistic_slots(model, layers), means, variances):
-        values[mean_slot] = ops.convert_to_tensor(mean / len(batches), layer.moving_mean.dtype)
-        values[var_slot] = ops.convert_to_tensor(variance / len(batches), layer.moving_variance.dtype)
-    return values
+    size = batches[0][1]
+    outputs = _predict(_views(model).probe, x[:batches[-1][1]], size)
+    statistics = []
+    for i, layer in enumerate(layers):
+        # Per batch, the law of total variance combines the per-example means and variances into
+        # the batch's mean and biased variance (every example has the same number of positions).
+        means = outputs[2 * i].astype(np.float64).reshape(len(batches), size, -1)
+        within = outputs[2 * i + 1].astype(np.float64).reshape(len(batches), size, -1)
+        batch_means = means.mean(axis=1)
+        batch_variances = (within + (means - batch_means[:, None]) ** 2).mean(axis=1)
+        if unbiased:
+            batch_variances *= _unbiased_factor(values_per_statistic(layer, size), layer)
+        # fvcore accumulates the same equal-weight average incrementally: running += (x - running)/(k+1).
+        statistics.append((batch_means.mean(axis=0), batch_variances.mean(axis=0)))
+    return statistics
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
 
 
-def _loss_and_accuracy(keras, logits, labels) -> tuple[float, float]:
-    """Summed loss and number correct of one batch."""
-    losses = per_example_loss(keras, labels, logits)
-    correct = keras.ops.equal(keras.ops.argmax(logits, axis=-1), keras.ops.cast(labels, "int32"))
-    return (float(keras.ops.convert_to_numpy(keras.ops.sum(losses))),
-            float(keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.cast(correct, "float32")))))
+def loss_and_accuracy(logits, labels) -> tuple[float, float]:
+    """Mean cross-entropy (from logits, as bncompare.models.per_example_loss) and accuracy."""
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    log_probabilities = scipy.special.log_softmax(logits, axis=-1)
+    loss = -log_probabilities[np.arange(len(labels)), labels].mean()
+    return float(loss), float((logits.argmax(axis=-1) == labels).mean())
 
 
-def inference(model, x, y, non_trainable=None, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` in inference mode on (x, y), with the given non-trainable
-    values (None: the model's own moving averages)."""
-    keras = import_keras()
-    loss = correct = 0.0
-    for start in range(0, len(x), batch_size):
-        logits = _stateless(model, x[start:start + batch_size], non_trainable)
-        batch_loss, batch_correct = _loss_and_accuracy(keras, logits, y[start:start + batch_size])
-        loss, correct = loss + batch_loss, correct + batch_correct
-    return loss / len(x), correct / len(x)
+def inference(model, x, y, statistics: Statistics | None = None,
+              batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` in inference mode on (x, y), every BN layer normalising
+    with the given statistics (None: its own moving averages)."""
+    if not batch_norm_layers(model):
+        return loss_and_accuracy(_predict(_views(model).fixed, x, batch_size)[0], y)
+    views = _views(model)
+    statistics = moving_statistics(model, batch_size) if statistics is None else statistics
+    for layer, (mean, variance) in zip(views.fixed_layers, statistics):
+        layer.mean.assign(mean.astype(np.float32))
+        layer.variance.assign(variance.astype(np.float32))
+    return loss_and_accuracy(_predict(views.fixed, x, batch_size)[0], y)
 
 
 def batch_mode(model, x, y, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy on (x, y) in batches of `batch_size`, every BN layer normalising with
     its batch's own statistics as in training, dropout off, nothing updated. The last batch may be
     smaller and is normalised with its own statistics."""
-    keras = import_keras()
-    forward = _views(model).forward if batch_norm_layers(model) else model
-    loss = correct = 0.0
-    for start in range(0, len(x), batch_size):
-        logits = _stateless(forward, x[start:start + batch_size])
-        batch_loss, batch_correct = _loss_and_accuracy(keras, logits, y[start:start + batch_size])
-        loss, correct = loss + batch_loss, correct + batch_correct
-    return loss / len(x), correct / len(x)
+    return loss_and_accuracy(_predict(_views(model).batch, x, batch_size)[0], y)
 
 
 def evaluate(model, x, y, mode: str, *, batch_size: int, x_train=None, precise_examples: int = 2048,
@@ -334,7 +358,7 @@ def extra_history(model, data, params: dict[str, Any],
     out: dict[str, float] = {}
     val = moving
     if has_bn and unbiased:
-        val = inference(model, data.x_val, data.y_val, moving_statistics(model, batch_size, True))
+        val = evaluate(model, data.x_val, data.y_val, "moving", batch_size=batch_size, unbiased=True)
         out["val_loss"], out["val_accuracy"] = val
     for mode in modes:
         if mode == "moving":
@@ -350,7 +374,7 @@ def extra_history(model, data, params: dict[str, Any],
         out[f"val_loss_{mode}"], out[f"val_accuracy_{mode}"] = loss, accuracy
     if train_eval > 0:
         n = min(train_eval, len(data.x_train))
-        out["train_eval_loss"], out["train_eval_accuracy"] = inference(
-            model, data.x_train[:n], data.y_train[:n],
-            moving_statistics(model, batch_size, unbiased))
+        out["train_eval_loss"], out["train_eval_accuracy"] = evaluate(
+            model, data.x_train[:n], data.y_train[:n], "moving", batch_size=batch_size,
+            unbiased=unbiased)
     return out

@@ -130,11 +130,9 @@ def assert_unchanged(model, before):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def statistics_of(model, values):
-    """{bn name: (mean, variance)} as placed in a list of non-trainable values."""
-    slots = bn_eval._statistic_slots(model, bn_eval.batch_norm_layers(model))
-    return {layer.name: (np.asarray(values[m]), np.asarray(values[v]))
-            for layer, (m, v) in zip(bn_eval.batch_norm_layers(model), slots)}
+def statistics_of(model, statistics):
+    """{bn name: (mean, variance)} from bn_eval's per-layer list."""
+    return {layer.name: pair for layer, pair in zip(bn_eval.batch_norm_layers(model), statistics)}
 
 
 CASES = [("mlp", "before_activation"), ("mlp", "after_activation"),
@@ -151,20 +149,14 @@ def test_precise_statistics_match_numpy(kind, placement, unbiased):
     x, _ = data(200)
     before = snapshot(model)
     # 150 examples in batches of 32: PreciseBN averages the 4 full batches (128 examples).
-    values = bn_eval.precise_statistics(model, x, batch_size=32, examples=150, unbiased=unbiased)
+    got = statistics_of(model, bn_eval.precise_statistics(model, x, batch_size=32, examples=150,
+                                                          unbiased=unbiased))
     assert_unchanged(model, before)
-    got = statistics_of(model, values)
     expected = numpy_precise(model, x, 32, 150, unbiased)
     assert set(got) == set(expected) and len(got) == 2
     for name in expected:
         np.testing.assert_allclose(got[name][0], expected[name][0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(got[name][1], expected[name][1], rtol=1e-4, atol=1e-6)
-    # Every other non-trainable value is the model's own.
-    slots = {s for pair in bn_eval._statistic_slots(model, bn_eval.batch_norm_layers(model))
-             for s in pair}
-    for i, variable in enumerate(model.non_trainable_variables):
-        if i not in slots:
-            assert np.array_equal(np.asarray(values[i]), variable.numpy())
 
 
 def test_precise_batches_are_full_batches_of_the_first_examples():
@@ -231,16 +223,20 @@ def test_batch_mode_matches_numpy_with_dropout_off(kind, placement):
     np.testing.assert_allclose((loss, accuracy), numpy_loss_accuracy(logits, y_val), rtol=1e-4)
 
 
-def test_batch_forward_is_keras_training_mode_bit_for_bit():
+def test_views_are_keras_training_and_inference_mode_bit_for_bit():
     import keras
 
     model, _ = tiny_model("cnn", "before_activation")
     x, _ = data(32)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    expected, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-    got = bn_eval._stateless(bn_eval._views(model).forward, x)
-    assert np.array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected))
+    views = bn_eval._views(model)
+    for training, view in ((True, views.batch), (False, views.fixed)):
+        expected, _ = model.stateless_call(trainable, non_trainable, x, training=training)
+        if not training:  # the fixed view uses whatever statistics it was given last
+            bn_eval.inference(model, x[:1], np.zeros(1, "int32"))
+        got = view.predict(x, batch_size=32, verbose=0)
+        assert np.array_equal(got, keras.ops.convert_to_numpy(expected))
 
 
 # ---- the entry point, train_eval, models without BN ---------------------------------------------------
@@ -285,8 +281,7 @@ def test_without_bn_every_mode_is_plain_inference():
     x, y = data(100)
     dataset = SimpleNamespace(x_train=x, y_train=y, x_val=x[:40], y_val=y[:40])
     assert bn_eval.batch_norm_layers(model) == []
-    values = bn_eval.precise_statistics(model, x, 32, 64)
-    assert len(values) == len(model.non_trainable_variables)
+    assert bn_eval.precise_statistics(model, x, 32, 64) == []
     params = params | {"record.bn_eval": ["moving", "precise", "batch"]}
     history = bn_eval.extra_history(model, dataset, params, moving=(0.5, 0.25))
     assert history == {"val_loss_precise": 0.5, "val_accuracy_precise": 0.25,
