@@ -297,15 +297,11 @@ def loss_and_accuracy(logits, labels) -> tuple[float, float]:
     return float(loss), float((logits.argmax(axis=-1) == labels).mean())
 
 
-def inference(model, x, y, statistics: Statistics | None = None,
-              batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+def inference(model, x, y, statistics: Statistics, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Mean loss and accuracy of `model` in inference mode on (x, y), every BN layer normalising
-    with the given statistics (None: its own moving averages)."""
-    if not batch_norm_layers(model):
-        return loss_and_accuracy(_predict(_views(model).fixed, x, batch_size)[0], y)
+    with the given statistics (one (mean, variance) pair per batch_norm_layers(model))."""
     views = _views(model)
-    statistics = moving_statistics(model, batch_size) if statistics is None else statistics
-    for layer, (mean, variance) in zip(views.fixed_layers, statistics):
+    for layer, (mean, variance) in zip(views.fixed_layers, statistics, strict=True):
         layer.mean.assign(mean.astype(np.float32))
         layer.variance.assign(variance.astype(np.float32))
     return loss_and_accuracy(_predict(views.fixed, x, batch_size)[0], y)
@@ -364,7 +360,7 @@ def extra_history(model, data, params: dict[str, Any],
         if mode == "moving":
             continue
         if not has_bn:  # nothing to re-estimate: every mode is plain inference
-            val = val or inference(model, data.x_val, data.y_val)
+            val = val or inference(model, data.x_val, data.y_val, [])
             loss, accuracy = val
         else:
             loss, accuracy = evaluate(model, data.x_val, data.y_val, mode, batch_size=batch_size,

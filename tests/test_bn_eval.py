@@ -234,7 +234,7 @@ def test_views_are_keras_training_and_inference_mode_bit_for_bit():
     for training, view in ((True, views.batch), (False, views.fixed)):
         expected, _ = model.stateless_call(trainable, non_trainable, x, training=training)
         if not training:  # the fixed view uses whatever statistics it was given last
-            bn_eval.inference(model, x[:1], np.zeros(1, "int32"))
+            bn_eval.evaluate(model, x[:1], np.zeros(1, "int32"), "moving", batch_size=32)
         got = view.predict(x, batch_size=32, verbose=0)
         assert np.array_equal(got, keras.ops.convert_to_numpy(expected))
 
