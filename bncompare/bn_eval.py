@@ -131,8 +131,8 @@ def moving_statistics(model, batch_size: int, unbiased: bool = False) -> Statist
 #
 # Each view is a functional clone that reuses the model's own layers (clone_function=identity), so it
 # reads the model's current weights, with every BatchNormalization call replaced by a small layer
-# that never assigns to the model's variables. Views are run with Keras's own predict (compiled on
-# every backend, dropout off); on JAX, predict writes the variables it read back unchanged.
+# that never assigns to the model's variables. Views are run with Keras's predict_on_batch (compiled
+# on TensorFlow and JAX, dropout off); on JAX it writes the variables it read back unchanged.
 
 
 def _view_layers():
@@ -242,9 +242,15 @@ def _views(model) -> _Views:
     return _VIEWS[model]
 
 
-def _predict(view, x, batch_size: int):
-    outputs = view.predict(x, batch_size=batch_size, verbose=0)
-    return outputs if isinstance(outputs, list) else [outputs]
+def _predict(view, x, batch_size: int) -> list[np.ndarray]:
+    """The view's outputs on x in batches of `batch_size`, as NumPy arrays (one per output)."""
+    # predict_on_batch, not predict: on PyTorch, predict's DataLoader draws from torch's global
+    # random generator, which unseeded Dropout layers also use, so it would change later training.
+    batches = []
+    for start in range(0, len(x), batch_size):
+        outputs = view.predict_on_batch(x[start:start + batch_size])
+        batches.append(outputs if isinstance(outputs, (list, tuple)) else [outputs])
+    return [np.concatenate(parts) for parts in zip(*batches)]
 
 
 # ---- PreciseBN -------------------------------------------------------------------------------------
