@@ -69,15 +69,15 @@ def lag_warning(params: dict[str, Any], step: int) -> str | None:
     needed = math.ceil(math.log(LAG_THRESHOLD) / math.log(momentum)) if momentum > 0 else 1
     text = (f"at step {step}, BN's moving averages still give their initial values "
             f"{weight:.0%} of their weight (model.bn_momentum {momentum:g} ** {step}); "
-            f"val_loss/val_accuracy (inference with the moving averages) understate what the model "
-            f"learned until step {needed}. ")
+            f"val_loss/val_accuracy (inference with these averages) may understate what the model "
+            f"has learned; that weight falls below 5% only at step {needed}. ")
     if "precise" in params.get("record.bn_eval", ["moving"]):
         return text + "Compare val_accuracy_precise (PreciseBN), recorded for this run."
     return text + ("Fix: add PreciseBN (--set \"record.bn_eval=[moving,precise]\") or lower "
                    "model.bn_momentum (e.g. 0.9).")
 
 
-# ---- which layers, and their places in the model's non-trainable values ----------------------------
+# ---- BN layers and their statistics ------------------------------------------------------------------
 
 
 def batch_norm_layers(model) -> list:
@@ -207,7 +207,7 @@ def _clone(model, replace):
 
 
 class _Views:
-    """`fixed`: inference with statistics set in `fixed_layers`; `batch`: every BN normalising with
+    """`fixed`: inference with the statistics set in `fixed_layers` (by BN layer id); `batch`: every BN normalising with
     its batch's statistics; `probe`: under `batch`, each BN input's per-example mean and variance
     over the positions that share a statistic (zero variance after a Dense layer)."""
 
@@ -215,11 +215,11 @@ class _Views:
         keras = import_keras()
         ops = keras.ops
         BatchStatistics, FixedStatistics = _view_layers()
-        self.fixed_layers = []
+        self.fixed_layers: dict[int, Any] = {}
 
         def fixed(layer):
-            self.fixed_layers.append(FixedStatistics(layer))
-            return self.fixed_layers[-1]
+            self.fixed_layers[id(layer)] = FixedStatistics(layer)
+            return self.fixed_layers[id(layer)]
 
         self.fixed, _ = _clone(model, fixed)
         self.batch, inputs = _clone(model, BatchStatistics)
@@ -307,9 +307,10 @@ def inference(model, x, y, statistics: Statistics, batch_size: int = EVAL_BATCH)
     """Mean loss and accuracy of `model` in inference mode on (x, y), every BN layer normalising
     with the given statistics (one (mean, variance) pair per batch_norm_layers(model))."""
     views = _views(model)
-    for layer, (mean, variance) in zip(views.fixed_layers, statistics, strict=True):
-        layer.mean.assign(mean.astype(np.float32))
-        layer.variance.assign(variance.astype(np.float32))
+    for layer, (mean, variance) in zip(batch_norm_layers(model), statistics, strict=True):
+        fixed = views.fixed_layers[id(layer)]
+        fixed.mean.assign(mean.astype(np.float32))
+        fixed.variance.assign(variance.astype(np.float32))
     return loss_and_accuracy(_predict(views.fixed, x, batch_size)[0], y)
 
 
