@@ -59,8 +59,9 @@ def uses_batch_norm(params: dict[str, Any]) -> bool:
 
 def lag_warning(params: dict[str, Any], step: int) -> str | None:
     """The warning for an eval point at `step` whose moving averages still weigh their initial
-    values more than 5%, naming the fix; None when they do not (or the model has no BN)."""
-    if not uses_batch_norm(params):
+    values more than 5%, naming the fix; None when they do not, at step 0 (nothing learned yet to
+    understate) and when the model has no BN."""
+    if not uses_batch_norm(params) or step == 0:
         return None
     momentum = params["model.bn_momentum"]
     weight = moving_average_weight(momentum, step)

@@ -333,6 +333,7 @@ def test_lag_warning_threshold_and_fix():
     assert warning is not None and "5%" in warning and "step 298" in warning
     assert "record.bn_eval=[moving,precise]" in warning and "model.bn_momentum" in warning
     assert bn_eval.lag_warning(params, 299) is None
+    assert bn_eval.lag_warning(params, 0) is None  # record.eval_at_start: nothing learned yet
     assert bn_eval.lag_warning(params | {"model.batch_norm": False}, 10) is None
     assert bn_eval.lag_warning(params | {"model.bn_momentum": 0.9}, 94) is None
     recorded = bn_eval.lag_warning(params | {"record.bn_eval": ["moving", "precise"]}, 94)
