@@ -198,6 +198,18 @@ def initializer(value: Any) -> Any:
     return name if not kwargs else {"name": name, **dict(sorted(kwargs.items()))}
 
 
+def bn_eval_modes(value: Any) -> list[str]:
+    """A list of BN evaluation modes that includes moving, in the canonical order (so that
+    [batch, moving] and [moving, batch] name the same run)."""
+    modes = list_of(one_of(*BN_EVAL_MODES))(value)
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"expected each mode once, got {_describe(value)}")
+    if "moving" not in modes:
+        raise ValueError("expected a list that includes moving (val_loss/val_accuracy always use "
+                         f"the moving averages), e.g. [moving, precise]; got {_describe(value)}")
+    return [mode for mode in BN_EVAL_MODES if mode in modes]
+
+
 def pack_mode(value: Any) -> str:
     """auto | off; YAML 1.1 reads a bare `off` as false, which means off too."""
     if value is False or value == "off":
@@ -228,6 +240,7 @@ class Option:
     added: int = 1
 
 
+BN_EVAL_MODES = ("moving", "precise", "batch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu", "linear")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
@@ -266,6 +279,11 @@ SCHEMA: dict[str, Option] = {
     "model.bn_momentum": Option(0.99, "BatchNormalization moving-average momentum",
                                 number(minimum=0, below=1), short="bnmom"),
     "model.bn_epsilon": Option(0.001, "BatchNormalization epsilon", number(above=0), short="bneps"),
+    "model.bn_variance": Option(
+        "biased", "variance BN uses at inference: biased (Keras: the average of the biased batch "
+        "variances) | unbiased (times m/(m-1), m = values per batch statistic: Ioffe & Szegedy "
+        "2015, Algorithm 2; matters at batch sizes <= 8). Training is unchanged",
+        one_of("biased", "unbiased"), short="bnvar", added=2),
     "model.init": Option("glorot_uniform", "Keras initializer for the weights: a name, or "
                          "{name: random_normal, stddev: 0.05}", initializer, short="init"),
     "model.dropout": Option(0.0, "dropout rate after every hidden layer (0: none)",
@@ -315,6 +333,21 @@ SCHEMA: dict[str, Option] = {
                                  "pre-activation at each eval point", boolean),
     "record.gradients": Option(False, "record per-layer gradient L2 norms at each eval point",
                                boolean),
+    "record.bn_eval": Option(
+        ["moving"], "how BN layers are evaluated at each eval point, any of: moving (Keras's moving "
+        "averages: val_loss/val_accuracy, always on) | precise (PreciseBN, Wu & Johnson 2021: "
+        "population statistics re-estimated with the weights frozen: val_loss_precise, "
+        "val_accuracy_precise) | batch (each validation batch of train.batch_size normalised with "
+        "its own statistics, as in training: val_loss_batch, val_accuracy_batch)",
+        bn_eval_modes, short="bneval", added=2),
+    "record.precise_examples": Option(
+        2048, "training examples PreciseBN averages over (the first N, in full batches of "
+        "train.batch_size); Wu & Johnson 2021 find 10^3-10^4 enough for stable estimates",
+        integer(minimum=1), short="precise", added=2),
+    "record.train_eval": Option(
+        0, "N > 0: evaluate the first N training examples in inference mode at each eval point "
+        "(train_eval_loss, train_eval_accuracy: the generalisation gap without dropout or batch "
+        "statistics) | 0: off", integer(minimum=0), short="traineval", added=2),
     "record.tensorboard": Option(False, "write TensorBoard event files into each run directory",
                                  boolean, in_run_id=False),
     "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
