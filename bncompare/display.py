@@ -100,6 +100,11 @@ class PlainDisplay(Listener):
                            f"{detail}{f' ({escape(note)})' if note else ''}",  # errors hold [brackets]
                            highlight=False, soft_wrap=True)
 
+    def warning(self, run, text: str, slot: int = 0) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]warning:[/] {escape(run.run_id)}: {escape(text)}",
+                               highlight=False, soft_wrap=True)
+
     def waiting(self, runs) -> None:
         if not self.quiet:
             self.console.print(f"waiting for {len(runs)} run{'s' * (len(runs) != 1)} that another "

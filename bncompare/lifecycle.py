@@ -56,6 +56,9 @@ class Listener:
 
     def run_finished(self, outcome: "Outcome", slot: int = 0) -> None: ...
 
+    def warning(self, run: Run, text: str, slot: int = 0) -> None:
+        """Something the user should know about a run's numbers (said once per run)."""
+
     def waiting(self, runs: list[Run]) -> None:
         """Runs being trained by another process, waited for before this invocation ends."""
 
@@ -130,6 +133,11 @@ class Recorder:
         self.instruments = Instruments(run.params, data, Path(run_dir))
         self.data = data
         self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
+        params = run.params
+        self.extra_evaluations = (set(params.get("record.bn_eval", ["moving"])) != {"moving"}
+                                  or params.get("record.train_eval", 0) > 0
+                                  or params.get("model.bn_variance", "biased") == "unbiased")
+        self.lag_warned = False
         self.limit = math.inf
         self.status: str | None = None  # set when the run ends
 
@@ -160,9 +168,15 @@ class Recorder:
         if not self.active:
             return False
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
+        if model is not None and self.extra_evaluations and not _bad(point.get("val_loss")):
+            from bncompare.bn_eval import extra_history  # record.bn_eval, train_eval, bn_variance
+
+            point.update(extra_history(model, self.data, self.run.params,
+                                       moving=(point["val_loss"], point["val_accuracy"])))
         if _bad(point.get("val_loss")) or (point.get("loss") is not None and point["loss"] > self.limit):
             self.diverged(point["step"])
             return False
+        self._warn_lag(point["step"])
         measured = dict(blocks or {})
         if model is not None:
             measured.update(self.instruments.measure(model, point))
@@ -174,6 +188,18 @@ class Recorder:
         self.metrics.add_point(point, measured)
         self.listener.point(point, slot=self.slot)
         return True
+
+    def _warn_lag(self, step: int) -> None:
+        """Once per run: BN's moving averages still lean on their initial values (bn_eval.py)."""
+        if self.lag_warned:
+            return
+        from bncompare.bn_eval import lag_warning
+
+        text = lag_warning(self.run.params, step)
+        if text:
+            self.lag_warned = True
+            self.metrics.data.setdefault("warnings", []).append(text)
+            self.listener.warning(self.run, text, slot=self.slot)
 
     def diverged(self, step: int) -> None:
         self.finish("diverged", diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})

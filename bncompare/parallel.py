@@ -75,6 +75,9 @@ class _Forward(Listener):
     def run_finished(self, outcome: Outcome, slot: int = 0) -> None:
         self.events.put(("finished", self.slot, outcome))
 
+    def warning(self, run, text: str, slot: int = 0) -> None:
+        self.events.put(("warning", self.slot, (run, text)))
+
 
 def _worker(slot: int, environment: dict[str, str], out: Path, device: str, force: bool,
             tasks, events) -> None:
@@ -163,6 +166,8 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
             display.step(*payload, slot=slot)
         elif kind == "point":
             display.point(payload, slot=slot)
+        elif kind == "warning":
+            display.warning(*payload, slot=slot)
         elif kind == "finished":
             outcomes[key(payload.run)] = payload
             display.run_finished(payload, slot=slot)
