@@ -16,17 +16,18 @@ def test_conditions_group_seeds_and_facet_by_swept_key(tmp_path):
     results = load(sweep_results(tmp_path))
     [experiment] = results.experiments
     assert experiment.name == "sweep"
-    assert experiment.variants == ["bn", "no_bn"] == results.variants
+    # The baseline first, then in the order runs started (the config's order).
+    assert experiment.variants == ["no_bn", "bn"] == results.variants
     # model.batch_norm varies too, but only between variants: it is the colour, not a facet.
     assert experiment.facet_keys == ["train.learning_rate"] == experiment.sweep_keys
     assert [(c.variant, c.facets) for c in experiment.conditions] == [
-        (v, (("train.learning_rate", lr),)) for lr in (0.01, 0.1, 50.0) for v in ("bn", "no_bn")]
+        (v, (("train.learning_rate", lr),)) for lr in (0.01, 0.1, 50.0) for v in ("no_bn", "bn")]
     assert all(len(c.runs) == 3 for c in experiment.conditions)
 
 
 def test_final_and_best_are_mean_and_sample_std_over_seeds(tmp_path):
     experiment = load(sweep_results(tmp_path)).experiments[0]
-    no_bn = experiment.conditions[1]
+    no_bn = experiment.conditions[0]
     final = no_bn.final("val_accuracy")  # seeds: 0.5, 0.6, 0.7
     assert (final.mean, final.n) == (pytest.approx(0.6), 3)
     assert final.std == pytest.approx(0.1)  # sample std (n - 1)
@@ -37,7 +38,7 @@ def test_final_and_best_are_mean_and_sample_std_over_seeds(tmp_path):
 
 def test_diverged_runs_are_counted_but_not_averaged(tmp_path):
     experiment = load(sweep_results(tmp_path)).experiments[0]
-    bn_50, no_bn_50 = experiment.conditions[4:]
+    no_bn_50, bn_50 = experiment.conditions[4:]
     assert bn_50.statuses == {"diverged": 3}
     assert bn_50.final("val_accuracy") == Stats(None, None, 0)
     # x from diverged_at, y the last recorded value; None when it diverged before any eval.

@@ -22,10 +22,6 @@ def _names(paths) -> list[str]:
     return [p.name for p in paths]
 
 
-def _colours(results) -> dict[str, str]:
-    return {v: plots.PALETTE[i] for i, v in enumerate(results.variants)}
-
-
 def test_a_learning_rate_sweep_gives_curves_and_a_sweep_plot(tmp_path):
     out = sweep_results(tmp_path)
     written = plots.plot_results(load(out))
@@ -36,37 +32,39 @@ def test_a_learning_rate_sweep_gives_curves_and_a_sweep_plot(tmp_path):
 
 def test_curves_have_one_panel_per_learning_rate_and_a_line_and_band_per_variant(tmp_path):
     results = load(sweep_results(tmp_path))
-    figure = plots.curves_figure(results.experiments[0], _colours(results), "val_accuracy", "epoch")
+    figure = plots.curves_figure(results.experiments[0], "val_accuracy", "epoch")
     axes = figure.axes
     assert [ax.get_title() for ax in axes] == ["learning_rate=0.01", "learning_rate=0.1", "learning_rate=50"]
     first = axes[0]
-    assert [to_hex(line.get_color()) for line in first.lines] == [c.lower() for c in plots.PALETTE[:2]]
+    # Colours by name: no_bn orange, bn blue, whatever else is in the directory.
+    assert [to_hex(line.get_color()) for line in first.lines] == ["#e69f00", "#0072b2"]
     assert len(first.collections) == 2  # the ±std bands
     assert first.get_xlabel() == "epoch"
     # lr 50: bn recorded one point then diverged (x at its value), no_bn diverged before any eval
     # (x in the strip under the data).
     diverged = [line for line in axes[2].lines if line.get_marker() == "x"]
-    assert len(diverged) == 6
+    assert len(diverged) == 2  # 3 seeds each at one place: one x per variant...
+    counts = [t.get_text() for t in axes[2].texts]
+    assert counts == ["×3", "×3"]  # ...with its count
     assert [t.get_text() for t in figure.legends[0].get_texts()] == [
-        "bn", "no_bn", "diverged run (grey strip: before its first eval)"]
+        "no_bn", "bn", "diverged run (grey strip: before its first eval)"]
 
 
 def test_a_panel_where_every_run_diverged_before_an_eval_says_so(tmp_path):
     results = load(sweep_results(tmp_path))
-    figure = plots.curves_figure(results.experiments[0], _colours(results), "val_loss", "epoch")
-    assert [t.get_text() for t in figure.axes[2].texts] == []  # bn recorded one point at lr 50
+    figure = plots.curves_figure(results.experiments[0], "val_loss", "epoch")
+    assert "no eval point" not in str([t.get_text() for t in figure.axes[2].texts])  # bn has one
     out = tmp_path / "only"
     run = runs_from(tmp_path, "name: e\ndata: {dataset: synthetic}\n")[0]
     write_run(out, run, [], status="diverged", diverged_at={"epoch": 0.5, "step": 5})
     results = load(out)
-    figure = plots.curves_figure(results.experiments[0], _colours(results), "loss", "step")
+    figure = plots.curves_figure(results.experiments[0], "loss", "step")
     assert [t.get_text() for t in figure.axes[0].texts] == ["no eval point:\nevery run diverged first"]
 
 
 def test_sweep_plot_uses_a_log_axis_for_learning_rates_with_ticks_at_the_swept_values(tmp_path):
     results = load(sweep_results(tmp_path))
-    figure = plots.sweep_figure(results.experiments[0], _colours(results), "train.learning_rate",
-                                "val_accuracy")
+    figure = plots.sweep_figure(results.experiments[0], "train.learning_rate", "val_accuracy")
     final, best = figure.axes
     assert (final.get_title(), best.get_title()) == ("final", "best during training")
     assert final.get_xscale() == "log"
@@ -83,7 +81,7 @@ def test_sweep_axis_is_log_only_over_decades(tmp_path, values, scale):
         for run in runs_from(tmp_path, "name: e\ndata: {dataset: synthetic}\n", [f"{key}={value}"]):
             write_run(out, run, [0.5, 0.6])
     results = load(out)
-    figure = plots.sweep_figure(results.experiments[0], _colours(results), key, "val_accuracy")
+    figure = plots.sweep_figure(results.experiments[0], key, "val_accuracy")
     assert figure.axes[0].get_xscale() == scale
 
 
@@ -99,13 +97,13 @@ def test_recorded_internals_give_activation_and_gradient_figures(tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
 
     experiment = results.experiments[0]
-    figure = plots.activations_figure(experiment, _colours(results), (), experiment.conditions, "step")
+    figure = plots.activations_figure(experiment, (), experiment.conditions, "step")
     # rows = layers, columns = variants side by side; three percentile lines per panel.
     assert len(figure.axes) == 4
-    assert [ax.get_title() for ax in figure.axes[:2]] == ["bn", "no_bn"]
+    assert [ax.get_title() for ax in figure.axes[:2]] == ["no_bn", "bn"]
     assert [len(ax.lines) for ax in figure.axes] == [3] * 4
     assert figure.axes[0].get_ylabel() == "layer 1"
-    figure = plots.gradients_figure(experiment, _colours(results), (), experiment.conditions, "step")
+    figure = plots.gradients_figure(experiment, (), experiment.conditions, "step")
     assert [ax.get_title() for ax in figure.axes] == ["dense_1/kernel", "dense_2/kernel", "output/kernel"]
     assert figure.axes[0].get_yscale() == "log"
 
@@ -117,14 +115,14 @@ def test_internals_are_drawn_per_facet_value(tmp_path):
     for run in runs_from(tmp_path, config):
         write_run(out, run, [0.5], blocks=[{"activations": internals(1, 1, 1.0)[0]["activations"]}])
     results = load(out)
-    names = [name for name, _ in plots.figures(results.experiments[0], _colours(results), "loss", "epoch")]
+    names = [name for name, _ in plots.figures(results.experiments[0], "loss", "epoch")]
     assert names == ["curves-loss-epoch", "curves-val_accuracy-epoch", "curves-val_loss-epoch",
                      "sweep-depth-loss", "activations-epoch-depth=1", "activations-epoch-depth=2"]
 
 
 def test_pdf_figures(tmp_path):
     results = load(sweep_results(tmp_path))
-    figure = plots.sweep_figure(results.experiments[0], _colours(results), "train.learning_rate", "loss")
+    figure = plots.sweep_figure(results.experiments[0], "train.learning_rate", "loss")
     path = plots.save(figure, tmp_path / "sweep.pdf", "pdf")
     assert path.read_bytes().startswith(b"%PDF")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -18,15 +18,15 @@ from bncompare.summary import render, rows
 def test_one_row_per_condition_with_mean_std_best_time_and_statuses(tmp_path):
     records = rows(load(sweep_results(tmp_path)))
     assert [(r["train.learning_rate"], r["variant"]) for r in records] == [
-        (0.01, "bn"), (0.01, "no_bn"), (0.1, "bn"), (0.1, "no_bn"), (50.0, "bn"), (50.0, "no_bn")]
-    no_bn = records[1]
+        (0.01, "no_bn"), (0.01, "bn"), (0.1, "no_bn"), (0.1, "bn"), (50.0, "no_bn"), (50.0, "bn")]
+    no_bn = records[0]
     assert no_bn["seeds"] == 3
     assert no_bn["final_val_accuracy_mean"] == pytest.approx(0.6)
     assert no_bn["final_val_accuracy_std"] == pytest.approx(0.1)
     assert no_bn["best_val_accuracy_mean"] == pytest.approx(0.6)
     assert no_bn["train_seconds_mean"] == 4.0
     assert (no_bn["completed"], no_bn["diverged"]) == (3, 0)
-    diverged = records[5]
+    diverged = records[4]
     assert (diverged["completed"], diverged["diverged"]) == (0, 3)
     assert diverged["final_val_accuracy_mean"] is None
 
@@ -36,8 +36,8 @@ def test_csv_and_json_carry_the_same_numbers(tmp_path):
     table = list(csv.DictReader(io.StringIO(render(results, "csv"))))
     records = json.loads(render(results, "json"))
     assert len(table) == len(records) == 6
-    assert float(table[1]["final_val_accuracy_mean"]) == pytest.approx(records[1]["final_val_accuracy_mean"])
-    assert table[5]["final_val_accuracy_mean"] == "" and records[5]["final_val_accuracy_mean"] is None
+    assert float(table[0]["final_val_accuracy_mean"]) == pytest.approx(records[0]["final_val_accuracy_mean"])
+    assert table[4]["final_val_accuracy_mean"] == "" and records[4]["final_val_accuracy_mean"] is None
 
 
 def test_markdown_and_table_print_mean_plus_minus_std(tmp_path):
@@ -46,8 +46,8 @@ def test_markdown_and_table_print_mean_plus_minus_std(tmp_path):
     assert lines[0] == ("| train.learning_rate | variant | seeds | final val acc | best val acc "
                         "| train (s) | status |")
     assert lines[1] == "| --- | --- | --- | --- | --- | --- | --- |"
-    assert lines[3] == "| 0.01 | no_bn | 3 | 0.6000 ± 0.1000 | 0.6000 ± 0.1000 | 4.0 ± 0.0 | 3 completed |"
-    assert lines[7] == "| 50 | no_bn | 3 | - | - | - | 3 diverged |"
+    assert lines[2] == "| 0.01 | no_bn | 3 | 0.6000 ± 0.1000 | 0.6000 ± 0.1000 | 4.0 ± 0.0 | 3 completed |"
+    assert lines[6] == "| 50 | no_bn | 3 | - | - | - | 3 diverged |"
     table = render(results, "table")
     assert table.row_count == 6 and [c.header for c in table.columns][:2] == ["train.learning_rate", "variant"]
 
