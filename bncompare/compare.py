@@ -55,8 +55,10 @@ def paired(variant: list[float], baseline: list[float], lower_better: bool) -> P
     if n == 0:
         return Paired(0, None, None, None, None, 0)
     mean = float(np.mean(diffs))
-    if n < 2 or np.ptp(diffs) == 0:
-        # One pair has no spread to estimate; identical differences make t infinite or undefined.
+    # Differences equal up to float rounding (0.1 vs 0.10000000000000003) have no spread: t would be
+    # infinite or a rounding artefact. One pair has no spread to estimate either.
+    rounding = 1e-12 * max(1.0, float(np.max(np.abs(variant))), float(np.max(np.abs(baseline))))
+    if n < 2 or np.ptp(diffs) <= rounding:
         return Paired(n, mean, None, None, None, wins)
     from scipy import stats
 
@@ -175,10 +177,20 @@ def sentence(record: dict[str, Any]) -> str:
     head = f"{record['variant']} − {record['baseline']}: "
     if record["mean_diff"] is None:
         return head + "no seed finished in both"
-    interval = ("" if record["ci_low"] is None
-                else f" [{_signed(record['ci_low'])}, {_signed(record['ci_high'])}]")
-    return (f"{head}{_signed(record['mean_diff'])}{interval}, better in "
+    return (f"{head}{_difference(record)}, better in "
             f"{record['wins']}/{record['n_pairs']} seed{'s' * (record['n_pairs'] != 1)}")
+
+
+def _difference(record: dict[str, Any]) -> str:
+    """'+0.0240 [+0.0073, +0.0407]': the mean difference and its interval, with one number of
+    decimals for the three (enough for the largest to show three significant digits)."""
+    values = [v for v in (record["mean_diff"], record["ci_low"], record["ci_high"]) if v is not None]
+    largest = max(abs(v) for v in values)
+    decimals = 4 if largest == 0 or largest >= 0.01 else min(10, 2 - math.floor(math.log10(largest)))
+    text = f"{record['mean_diff']:+.{decimals}f}"
+    if record["ci_low"] is not None:
+        text += f" [{record['ci_low']:+.{decimals}f}, {record['ci_high']:+.{decimals}f}]"
+    return text
 
 
 def _human(results: Results, records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -188,8 +200,7 @@ def _human(results: Results, records: list[dict[str, Any]]) -> tuple[list[str], 
               + ["comparison", "difference [95% CI]", "p", "better", "diverged (variant/baseline)"])
     body = []
     for r in records:
-        interval = "" if r["ci_low"] is None else f" [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
-        difference = "-" if r["mean_diff"] is None else f"{_signed(r['mean_diff'])}{interval}"
+        difference = "-" if r["mean_diff"] is None else _difference(r)
         dropped = _dropped(r)
         body.append([r["experiment"]] * several
                     + [_facet_cell(results, r, k) for k in keys]
@@ -209,14 +220,6 @@ def _dropped(record: dict[str, Any]) -> str:
 def _facet_cell(results: Results, record: dict[str, Any], key: str) -> str:
     experiment: ExperimentResults = next(e for e in results.experiments if e.name == record["experiment"])
     return "" if key not in experiment.facet_keys else format_value(record[key])
-
-
-def _signed(value: float) -> str:
-    """+0.0123 / -0.0123, four significant decimals for accuracies, more for tiny differences."""
-    if value == 0:
-        return "+0"
-    digits = max(4, 2 - math.floor(math.log10(abs(value)))) if abs(value) < 1 else 4
-    return f"{value:+.{min(digits, 10)}f}"
 
 
 def _p(value: float) -> str:
