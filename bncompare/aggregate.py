@@ -152,12 +152,13 @@ def mean_curve(columns: list[tuple[np.ndarray, np.ndarray]]) -> Curve | None:
     ys = np.full((len(pairs), length), np.nan)
     for row, (x, y) in enumerate(pairs):
         xs[row, :len(x)], ys[row, :len(y)] = x, y
+    ok = np.isfinite(ys) & np.isfinite(xs)  # a point needs both its position and its value
     with np.errstate(invalid="ignore", divide="ignore"):
-        n = np.sum(np.isfinite(ys), axis=0)
-        mean = np.nansum(np.where(np.isfinite(ys), ys, 0), axis=0) / n
-        squares = np.where(np.isfinite(ys), (ys - mean) ** 2, 0).sum(axis=0)
+        n = np.sum(ok, axis=0)
+        mean = np.where(ok, ys, 0).sum(axis=0) / n
+        squares = np.where(ok, (ys - mean) ** 2, 0).sum(axis=0)
         std = np.where(n > 1, np.sqrt(squares / np.maximum(n - 1, 1)), 0.0)
-        x = np.nanmean(np.where(np.isfinite(ys), xs, np.nan), axis=0)  # time differs per seed
+        x = np.where(ok, xs, 0).sum(axis=0) / n  # time differs per seed: its mean
     keep = n > 0
     return Curve(x[keep], mean[keep], std[keep], n[keep])
 
