@@ -177,6 +177,7 @@ def test_help_does_not_import_matplotlib_or_numpy():
 
 def _modes_results(tmp_path, seeds=(0, 1, 2), diverge_seed=None, points=3):
     """Runs that recorded BN evaluation modes (PreciseBN, batch statistics) beside the usual keys."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "results"
     seeds_text = ", ".join(map(str, seeds))
     for run in runs_from(tmp_path, f"name: modes\ndata: {{dataset: synthetic, train_limit: 500}}\n"
