@@ -558,8 +558,15 @@ def _header(figure: Figure, experiment: ExperimentResults, what: str, diverged: 
         handles.append(Line2D([], [], color="0.3", linewidth=0.6, alpha=0.5, label="one seed"))
     if diverged:
         handles.append(Line2D([], [], color="0.3", label=diverged, **DIVERGED))
-    figure.suptitle(f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: {what}")
+    title = f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: {what}"
+    figure.suptitle(_fit(title, figure))
     _legend(figure, handles, experiment, exclude)
+
+
+def _fit(title: str, figure: Figure) -> str:
+    """Title lines wrapped to the figure's width (about 13 characters per inch at 9.5 pt)."""
+    chars = int(figure.get_figwidth() * 13)
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in title.split("\n"))
 
 
 def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
@@ -567,7 +574,13 @@ def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
     """One legend for the whole figure below the panels, titled with the caption of the settings
     every panel shares (constrained layout keeps a legend clear of the panels; a free text it
     does not)."""
-    columns = len(handles) if len(handles) <= 5 else math.ceil(len(handles) / 2)
+    # As many columns as fit the figure's width (an entry: about 0.075 inch per character at 8 pt
+    # plus its line sample), so a one-panel figure's legend is not cut at the edges.
+    widest = max((len(h.get_label()) for h in handles), default=1) * 0.075 + 0.55
+    fit = max(1, int(figure.get_figwidth() / widest))
+    columns = min(len(handles), fit)
+    if columns < len(handles):
+        columns = min(columns, math.ceil(len(handles) / math.ceil(len(handles) / columns)))
     text = caption(experiment, exclude)
     legend = figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False,
                            title=textwrap.shorten(text, 160, placeholder=" ...") or None,
