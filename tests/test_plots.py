@@ -357,3 +357,24 @@ def test_plot_command_metric_filters_and_include_running(tmp_path):
     assert result.exit_code == 2 and "--metric 'nope': no run recorded it" in result.output
     result = CliRunner().invoke(app, ["plot", str(out), "--experiment", "other"])
     assert result.exit_code == 2 and "--experiment 'other': no such experiment" in result.output
+
+
+def test_sweep_lr_script_writes_to_its_own_directory_by_default(tmp_path):
+    """After the Quick start (results/mnist), the sweep's runs must not land beside those runs, where
+    `plot results/` would read their other differences as a sweep (a nonsense sweep-epochs figure)."""
+    from pathlib import Path
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "bncompare"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sweep_lr.sh"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls"), "LRS": "0.1 1.0"}
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[:2] == [f"run configs/mnist.yaml --out results/sweep_lr --set train.learning_rate={lr}"
+                         for lr in ("0.1", "1.0")]
+    assert calls[-1] == "plot results/sweep_lr"
