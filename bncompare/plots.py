@@ -254,7 +254,7 @@ def curves_figure(experiment: ExperimentResults, metric: str, x: str, seeds: boo
     _share(axes, sharey=shared_y, x_from_zero=True)
     diverged = _strip(marked, experiment.variants, shared_y)
     figure.supylabel(metric_label(metric))
-    what = (f"{metric_label(metric).split(' (')[0]}, mean ± std over {_seeds(experiment.conditions)}"
+    what = (f"{metric_label(metric).split(' (')[0]}, {_over(experiment.conditions)}"
             f"{'; n=k where fewer seeds had the point' if dropped else ''}")
     if page[1] > 1:
         what += f" (page {page[0]} of {page[1]})"
@@ -320,7 +320,7 @@ def sweep_figure(experiment: ExperimentResults, key: str, metric: str,
     figure.supylabel(metric_label(metric))
     single = "" if len(columns) > 1 else "final "
     _header(figure, experiment, f"{single}{metric_label(metric).split(' (')[0]} against "
-            f"{KEY_LABELS.get(key, key).split(' (')[0]}\nmean ± std over {_seeds(experiment.conditions)}"
+            f"{KEY_LABELS.get(key, key).split(' (')[0]}\n{_over(experiment.conditions)}"
             f"{', diverged seeds excluded' if diverged else ''}"
             f"{'; n=k: seeds in the mean' if dropped else ''}", diverged, exclude=(key,))
     return figure
@@ -353,7 +353,7 @@ def activations_figure(experiment: ExperimentResults, facets: tuple, conditions:
     handles = [Line2D([], [], color="0.3", linewidth=1.7, label="median"),
                Line2D([], [], color="0.3", linewidth=0.9, label="15th and 85th percentiles")]
     title = (f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: activation "
-             f"percentiles on a probe batch\nmean over {_seeds(recorded)}")
+             f"percentiles on a probe batch\n{_over(recorded, 'mean')}")
     figure.suptitle(title)
     _legend(figure, handles, experiment)
     return figure
@@ -377,8 +377,8 @@ def gradients_figure(experiment: ExperimentResults, facets: tuple, conditions: l
     _share(axes, sharey=False)
     figure.supylabel("gradient L2 norm (log scale)")
     variants = [v for v in experiment.variants if any(c.variant == v for c in recorded)]
-    _header(figure, experiment, f"gradient norm of each layer's weights, mean ± std over "
-            f"{_seeds(recorded)}", None, facets, variants=variants)
+    _header(figure, experiment, f"gradient norm of each layer's weights, {_over(recorded)}", None,
+            facets, variants=variants)
     return figure
 
 
@@ -626,10 +626,13 @@ def caption(experiment: ExperimentResults, exclude: tuple[str, ...] = ()) -> str
     return ", ".join(parts)
 
 
-def _seeds(conditions: list[Condition]) -> str:
+def _over(conditions: list[Condition], what: str = "mean ± std") -> str:
+    """'mean ± std over 3 seeds', 'mean ± std over 2-3 seeds', or 'one seed (no spread)'."""
     counts = sorted({len(c.runs) for c in conditions})
+    if counts[-1] == 1:
+        return "one seed (no spread)"
     text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"{text} seed{'s' * (counts[-1] != 1)}{' (no spread)' if counts[-1] == 1 else ''}"
+    return f"{what} over {text} seeds"
 
 
 def _wrap(title: str) -> str:

@@ -239,11 +239,11 @@ def test_n_is_shown_where_seeds_dropped_out_and_one_seed_draws_no_band(tmp_path)
     # bn's moving-average curve at its last point (seed 1 diverged before it), and its PreciseBN and
     # batch-statistics curves from the start (the diverged seed recorded neither).
     assert texts == ["n=2"] * 3
-    assert "n=k where fewer seeds had the point" in figure.get_suptitle()
+    assert "n=k where fewer seeds had the point" in figure.get_suptitle().replace("\n", " ")
     one = load(_modes_results(tmp_path / "one", seeds=(0,)))
     figure = plots.curves_figure(one.experiments[0], "val_accuracy", "epoch")
     assert len(figure.axes[0].collections) == 0  # no zero-width band
-    assert "1 seed (no spread)" in figure.get_suptitle()
+    assert figure.get_suptitle() == "modes: validation accuracy, one seed (no spread)"
 
 
 def test_sweep_with_one_seed_draws_no_error_bars_and_says_n_where_seeds_dropped(tmp_path):
