@@ -19,7 +19,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -293,6 +293,7 @@ class Results:
     experiments: list[ExperimentResults]
     skipped: list[tuple[Path, str]]  # (run directory, why it was skipped)
     variants: list[str]  # every variant name, in the order of the experiments' variants
+    where: dict[str, Any] = field(default_factory=dict)  # the --where filters: resolved key -> value
 
     @property
     def runs(self) -> int:
@@ -344,7 +345,8 @@ def load(root: Path, *, include_running: bool = False, where: Iterable[str] = ()
         by_experiment.setdefault(experiment_name(run), []).append(run)
     experiments = [_group(name, group) for name, group in sorted(by_experiment.items())]
     variants = list(dict.fromkeys(v for e in experiments for v in e.variants))
-    return Results(root, experiments, sorted(skipped, key=lambda item: str(item[0])), variants)
+    return Results(root, experiments, sorted(skipped, key=lambda item: str(item[0])), variants,
+                   {key: value for key, value, _ in filters})
 
 
 def experiment_name(run: RunRecord) -> str:

@@ -84,7 +84,7 @@ def rows(results: Results, metric: str = "val_accuracy", reduction: Reduction = 
     """One flat record per experiment, condition and non-baseline variant (see the module docstring)."""
     if baseline is not None and baseline not in results.variants:
         raise BadFilter(f"--baseline {baseline!r}: no such variant (variants: {', '.join(results.variants)})")
-    keys = list(dict.fromkeys(key for e in results.experiments for key in e.facet_keys))
+    keys = condition_keys(results)
     records = []
     for experiment in results.experiments:
         base = baseline or default_baseline(experiment.variants)
@@ -98,11 +98,26 @@ def rows(results: Results, metric: str = "val_accuracy", reduction: Reduction = 
                 if variant == base or variant not in by_variant:
                     continue
                 record: dict[str, Any] = {"experiment": experiment.name}
-                record.update({key: dict(facets).get(key) for key in keys})
+                record.update({key: _value(results, by_variant[variant], facets, key) for key in keys})
                 record.update(variant=variant, baseline=base, metric=metric, reduce=str(reduction))
                 record.update(_pair(by_variant[variant], by_variant[base], metric, reduction))
                 records.append(record)
     return records
+
+
+def condition_keys(results: Results) -> list[str]:
+    """The keys a row names its condition by: those given to --where (the condition the user chose,
+    even when it is the only one), then the facet keys of every experiment."""
+    where = [key for key in results.where if key not in ("variant", "experiment")]
+    return list(dict.fromkeys(where + [key for e in results.experiments for key in e.facet_keys]))
+
+
+def _value(results: Results, condition: Condition, facets: tuple, key: str) -> Any:
+    """A condition key's value: from the facets, or for a --where key from the runs' params."""
+    found = dict(facets)
+    if key in found or key not in results.where:
+        return found.get(key)
+    return condition.runs[0].metrics["params"].get(key)
 
 
 def _pair(variant: Condition, baseline: Condition, metric: str, reduction: Reduction) -> dict[str, Any]:
@@ -159,8 +174,9 @@ def render(results: Results, records: list[dict[str, Any]], fmt: str):
     return table
 
 
-CAPTION = ("difference: variant − baseline, mean over seeds finished in both, with its 95% t-interval; "
-           "p: two-sided paired t-test; better: seeds where the variant did better")
+CAPTION = ("difference: variant − baseline, mean over the seeds that finished (not diverged) in both, "
+           "with its 95% t-interval; better in k/n seeds: pairs where the variant did better (of N: "
+           "the seeds run, when some have no pair); p: two-sided paired t-test")
 
 
 def title(records: list[dict[str, Any]]) -> str:
@@ -173,7 +189,7 @@ def title(records: list[dict[str, Any]]) -> str:
 
 
 def sentence(record: dict[str, Any]) -> str:
-    """'bn − no_bn: +0.012 [+0.004, +0.020], better in 5/5 seeds'."""
+    """'bn − no_bn: +0.0120 [+0.0040, +0.0200], better in 5/5 seeds'."""
     head = f"{record['variant']} − {record['baseline']}: "
     if record["mean_diff"] is None:
         return head + "no seed finished in both"
@@ -194,19 +210,16 @@ def _difference(record: dict[str, Any]) -> str:
 
 
 def _human(results: Results, records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    keys = list(dict.fromkeys(key for e in results.experiments for key in e.facet_keys))
+    """Header and cells for people: the condition, then the row in words."""
+    keys = condition_keys(results)
     several = len({r["experiment"] for r in records}) > 1
     header = (["experiment"] * several + keys
-              + ["comparison", "difference [95% CI]", "p", "better", "diverged (variant/baseline)"])
+              + ["variant − baseline: difference [95% CI], seeds better", "p", "diverged (variant/baseline)"])
     body = []
     for r in records:
-        difference = "-" if r["mean_diff"] is None else _difference(r)
-        dropped = _dropped(r)
         body.append([r["experiment"]] * several
                     + [_facet_cell(results, r, k) for k in keys]
-                    + [f"{r['variant']} − {r['baseline']}", difference,
-                       "-" if r["p_value"] is None else _p(r["p_value"]),
-                       f"{r['wins']}/{r['n_pairs']} seeds" + dropped,
+                    + [sentence(r) + _dropped(r), "-" if r["p_value"] is None else _p(r["p_value"]),
                        f"{r['n_diverged_variant']}/{r['n_diverged_baseline']}"])
     return header, body
 
@@ -219,7 +232,8 @@ def _dropped(record: dict[str, Any]) -> str:
 
 def _facet_cell(results: Results, record: dict[str, Any], key: str) -> str:
     experiment: ExperimentResults = next(e for e in results.experiments if e.name == record["experiment"])
-    return "" if key not in experiment.facet_keys else format_value(record[key])
+    known = key in experiment.facet_keys or key in results.where
+    return format_value(record[key]) if known else ""
 
 
 def _p(value: float) -> str:

@@ -23,8 +23,9 @@ SHORT = {"val_accuracy": "val acc", "accuracy": "train acc", "val_loss": "val lo
 
 
 def condition_keys(results: Results) -> list[str]:
-    """Facet keys of every experiment, in order of first appearance."""
-    return list(dict.fromkeys(key for e in results.experiments for key in e.facet_keys))
+    """Keys given to --where, then the facet keys of every experiment, in order of first appearance."""
+    where = [key for key in results.where if key not in ("variant", "experiment")]
+    return list(dict.fromkeys(where + [key for e in results.experiments for key in e.facet_keys]))
 
 
 def rows(results: Results, metric: str = "val_accuracy",
@@ -45,8 +46,10 @@ def rows(results: Results, metric: str = "val_accuracy",
     for experiment in results.experiments:
         for condition in experiment.conditions:
             facets = dict(condition.facets)
+            params = condition.runs[0].metrics["params"]
             record: dict[str, Any] = {"experiment": experiment.name}
-            record.update({key: facets.get(key) for key in keys})
+            record.update({key: params.get(key) if key in results.where and key not in facets
+                           else facets.get(key) for key in keys})
             record.update(variant=condition.variant, seeds=len(condition.runs))
             for field, measure in measures:
                 stats = measure(condition)
@@ -115,7 +118,7 @@ def _human(results: Results, records: list[dict[str, Any]], metric: str,
             seconds += " *"
         body.append([r["experiment"]] * several
                     + ["" if r[k] is None and k not in _keys_of(results, r["experiment"])
-                       else format_value(r[k]) for k in keys]
+                       and k not in results.where else format_value(r[k]) for k in keys]
                     + [r["variant"], str(r["seeds"])]
                     + [_pm(Stats(r[f"{field}_mean"], r[f"{field}_std"], 0), digits) for field, _ in fields]
                     + [seconds, status])
