@@ -62,6 +62,9 @@ STYLE = {
     "figure.labelsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.dpi": 200,
     "pdf.fonttype": 42,  # TrueType in PDFs: text stays editable in a paper's figure
+    # Names and values read from results are text: a "$" in a variant name must not start TeX math
+    # (a malformed formula would fail the whole figure).
+    "text.parse_math": False,
 }
 PANEL = (2.6, 2.0)  # inches per small multiple
 MIN_WIDTH = 4.8  # inches: room for a title and a legend even with one panel

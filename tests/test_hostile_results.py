@@ -245,3 +245,13 @@ def test_warnings_print_names_from_disk_as_text_not_terminal_commands(tmp_path):
     _edit(bad, lambda d: d.update(status="failed", error="\x1b[2J\x1b]0;pwned\x07boom"))
     result = CliRunner().invoke(app, ["summary", str(out), "--format", "csv"])
     assert "\x1b" not in result.stderr and "\\x1b[2J" in result.stderr
+
+
+def test_dollar_signs_and_braces_in_names_are_text_not_tex(tmp_path):
+    out = tmp_path / "results"
+    config = "name: e\ndata: {dataset: synthetic}\nsweep: {train.learning_rate: [0.01, 0.1]}\n"
+    for run in runs_from(tmp_path, config):
+        run_dir = write_run(out, run, [0.5, 0.6])
+        _edit(run_dir, lambda d: d.update(variant="$\\frac{" + d["variant"] + "$"))
+    result = CliRunner().invoke(app, ["plot", str(out)])
+    assert result.exit_code == 0, result.output
