@@ -170,7 +170,7 @@ def figures(experiment: ExperimentResults, metric: str, x: str, seeds: bool = Fa
             suffix = f"-p{number}-of-{len(pages)}" if len(pages) > 1 else ""
             yield (f"curves-{name}-{x}{suffix}",
                    curves_figure(experiment, name, x, seeds, page, (number, len(pages))))
-    for key in experiment.sweep_keys:
+    for key in experiment.sweep_keys if metric in recorded else ():
         yield f"sweep-{key.split('.', 1)[-1]}-{metric}", sweep_figure(experiment, key, metric, note)
     made = Counter()
     for facets, conditions in groups:
