@@ -142,7 +142,7 @@ def plot_results(results: Results, metric: str = "val_accuracy", x: str = "epoch
                 folder = experiment.directory / "plots"
             else:
                 several = len(results.experiments) > 1
-                folder = Path(out) / safe_name(experiment.name) if several else Path(out)
+                folder = Path(out) / _folder_name(experiment.name) if several else Path(out)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -214,6 +214,15 @@ def safe_name(text: str) -> str:
         digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         name = f"{name[:MAX_NAME - 9]}-{digest}"
     return name
+
+
+def _folder_name(name: str) -> str:
+    """An experiment's folder under --out: its name when that is a safe name, else the safe name
+    with a hash of the real one, so "a/b" and "a_b" do not share (and overwrite) one folder."""
+    safe = safe_name(name)
+    if safe == name:
+        return safe
+    return f"{safe[:MAX_NAME - 9]}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 # ---- the figures ----------------------------------------------------------------------------------

@@ -255,3 +255,14 @@ def test_dollar_signs_and_braces_in_names_are_text_not_tex(tmp_path):
         _edit(run_dir, lambda d: d.update(variant="$\\frac{" + d["variant"] + "$"))
     result = CliRunner().invoke(app, ["plot", str(out)])
     assert result.exit_code == 0, result.output
+
+
+def test_experiments_whose_names_clean_to_the_same_text_get_separate_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "figures", lambda *args: iter([("figure", plots.Figure())]))
+    out = tmp_path / "results"
+    for index, name in enumerate(["a/b", "a_b"]):
+        run = runs_from(tmp_path, f"name: e{index}\ndata: {{dataset: synthetic}}\n")[0]
+        _edit(write_run(out, run, [0.5]), lambda d: d.update(experiment=name))
+    written = plots.plot_results(load(out), out=tmp_path / "figs")
+    assert len({path.parent for path in written}) == 2
+    assert (tmp_path / "figs" / "a_b" / "figure.png") in written
