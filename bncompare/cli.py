@@ -274,31 +274,65 @@ def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
         raise typer.Exit(EXIT_USAGE)
 
 
-Metric = _choices("Metric", ("val_accuracy", "val_loss", "accuracy", "loss"))
 XAxis = _choices("XAxis", ("epoch", "step", "time"))
 ImageFormat = _choices("ImageFormat", ("png", "svg", "pdf"))
 TableFormat = _choices("TableFormat", ("table", "csv", "json", "markdown"))
+SummaryFormat = _choices("SummaryFormat", ("table", "csv", "json", "markdown", "latex"))
 
 
 ResultsDir = Annotated[Path, typer.Argument(
     metavar="RESULTS_DIR", help="A results root, one experiment's directory, or one run's directory.")]
+IncludeRunning = Annotated[bool, typer.Option(
+    "--include-running", help="Use runs still training too (their curves so far), to watch a sweep.")]
+Where = Annotated[Optional[list[str]], typer.Option(
+    "--where", metavar="KEY=VALUE", help="Only runs whose param KEY has VALUE (YAML-typed; KEY may be "
+    "a full key, its last part, variant or experiment; repeatable: all must match).")]
+ExperimentName = Annotated[Optional[str], typer.Option(
+    "--experiment", metavar="NAME", help="Only the runs of this experiment.")]
+MetricName = Annotated[str, typer.Option(
+    "--metric", metavar="METRIC", help="Any metric in the runs' history: val_accuracy, val_loss, "
+    "accuracy, loss, val_accuracy_precise, train_eval_loss...")]
+Reduce = Annotated[str, typer.Option(
+    "--reduce", metavar="final|best|last:K", help="One number per run: the final value, the best "
+    "(lowest for losses), or the mean of the last K eval points.")]
 
 
-def _results(root: Path):
-    """The finished runs under `root`, after one warning per skipped run; exit 2 when none."""
-    from rich.markup import escape
-
-    from bncompare.aggregate import NoResults, load
+def _results(root: Path, include_running: bool = False, where: list[str] | None = None,
+             experiment: str | None = None, metric: str | None = None):
+    """The usable runs under `root`, after one warning per skipped run; exit 2 when none, or when a
+    filter or the metric names nothing in them."""
+    from bncompare.aggregate import BadFilter, NoResults, check_metric, load
 
     try:
-        results = load(root)
-    except NoResults as e:
-        raise fail(escape(str(e))) from None
+        results = load(root, include_running=include_running, where=where or (), experiment=experiment)
+    except (NoResults, BadFilter) as e:
+        raise fail(str(e)) from None
     for path, reason in results.skipped:
-        stderr.print(f"[yellow]warning:[/] skipped {escape(str(path))}: {escape(reason)}", soft_wrap=True)
+        # Names read from disk may hold terminal escapes: print them as text, not as commands.
+        stderr.print(f"[yellow]warning:[/] skipped {escape(_printable(str(path)))}: "
+                     f"{escape(_printable(reason))}", soft_wrap=True)
     if not results.experiments:
-        raise fail(f"{escape(str(root))}: no finished runs (skipped all {len(results.skipped)})")
+        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)})")
+    if metric is not None:
+        try:
+            check_metric(results, metric)
+        except BadFilter as e:
+            raise fail(str(e)) from None
     return results
+
+
+def _printable(text: str) -> str:
+    """Control characters (escape sequences, newlines) shown as escapes."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _reduction(text: str):
+    from bncompare.aggregate import BadFilter, Reduction
+
+    try:
+        return Reduction.parse(text)
+    except BadFilter as e:
+        raise fail(str(e)) from None
 
 
 def _skipped_note(results) -> str:
@@ -306,41 +340,8 @@ def _skipped_note(results) -> str:
     return f"; skipped {n} unfinished or unreadable run{'s' * (n != 1)} (warnings above)" if n else ""
 
 
-@app.command()
-def plot(
-    results_dir: ResultsDir,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="Main metric: its curves come first; "
-                                           "sweep plots show its final and best value.")] = Metric.val_accuracy,
-    x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
-    image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
-) -> None:
-    """Draw learning curves, sweep plots and recorded internals for every experiment in RESULTS_DIR.
-
-    Runs still running, failed or unreadable are skipped with a warning; diverged runs are marked.
-    """
-    results = _results(results_dir)
-    from bncompare.plots import plot_results
-
-    written = plot_results(results, metric.value, x.value, image_format.value, out)
-    for path in written:
-        stdout.print(str(path), soft_wrap=True)
-    stdout.print(f"{len(written)} figure{'s' * (len(written) != 1)} from {results.runs} "
-                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
-
-
-@app.command()
-def summary(
-    results_dir: ResultsDir,
-    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
-) -> None:
-    """Print one row per condition (runs differing only in seed): val accuracy mean ± std, best,
-    training time and status counts. Skipped runs are reported on stderr."""
-    results = _results(results_dir)
-    from bncompare.summary import render
-
-    rendered = render(results, table_format.value)
+def _print_rendered(rendered) -> None:
+    """A string as it is; a rich table at its full width when stdout is not a terminal."""
     if isinstance(rendered, str):
         typer.echo(rendered)
     elif stdout.is_terminal:
@@ -348,9 +349,96 @@ def summary(
     else:  # a pipe or a file: rich would wrap the cells at 80 columns; give the table its width
         width = stdout.measure(rendered, options=stdout.options.update_width(1000)).maximum
         Console(width=width, highlight=False).print(rendered)
+
+
+@app.command()
+def plot(
+    results_dir: ResultsDir,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
+    metric: MetricName = "val_accuracy",
+    x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
+    image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Draw each seed's own curve under the mean.")] = False,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Draw learning curves, sweep plots and recorded internals for every experiment in RESULTS_DIR.
+
+    --metric's curves come first and sweep plots show its final and best value. Runs still running,
+    failed or unreadable are skipped with a warning; diverged runs are marked. Exit code 2 when the
+    figures cannot be written (read-only or full disk: use --out).
+    """
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.plots import PlotWriteError, plot_results
+
+    def note(message: str) -> None:
+        stderr.print(f"[yellow]note:[/] {escape(_printable(message))}", soft_wrap=True)
+
+    try:
+        written = plot_results(results, metric, x.value, image_format.value, out, seeds, note)
+    except PlotWriteError as e:
+        raise fail(f"cannot write figures to {e.folder} ({e.reason}); "
+                   f"write them elsewhere with --out DIR") from None
+    for path in written:
+        stdout.print(escape(str(path)), soft_wrap=True)
+    stdout.print(f"{len(written)} figure{'s' * (len(written) != 1)} from {results.runs} "
+                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def summary(
+    results_dir: ResultsDir,
+    table_format: Annotated[SummaryFormat, typer.Option("--format", help="Output format.")] = SummaryFormat.table,
+    metric: MetricName = "val_accuracy",
+    reduce: Reduce = "final",
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Print one row per condition (runs differing only in seed): the metric's mean ± std over
+    seeds, its best, training time and status counts. Skipped runs are reported on stderr."""
+    reduction = _reduction(reduce)
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.summary import render
+
+    _print_rendered(render(results, table_format.value, metric, reduction))
     if results.skipped:
         stderr.print(f"{results.runs} run{'s' * (results.runs != 1)} summarised"
                      f"{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    results_dir: ResultsDir,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", metavar="VARIANT", help="The variant others are compared with (default: one "
+        "named like no_bn, else the first).")] = None,
+    metric: MetricName = "val_accuracy",
+    reduce: Reduce = "final",
+    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Paired comparison by seed of each variant with the baseline, per condition: mean difference
+    (variant − baseline) with its 95% t-interval, paired t-test p-value, wins and diverged seeds."""
+    reduction = _reduction(reduce)
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.aggregate import BadFilter
+    from bncompare.compare import render, rows
+
+    try:
+        records = rows(results, metric, reduction, baseline)
+    except BadFilter as e:
+        raise fail(str(e)) from None
+    if not records:
+        raise fail(f"{results_dir}: nothing to compare (one variant only: "
+                   f"{', '.join(results.variants)})")
+    _print_rendered(render(results, records, table_format.value))
+    if results.skipped:
+        stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
