@@ -184,6 +184,10 @@ def figures(experiment: ExperimentResults, metric: str, x: str, seeds: bool = Fa
         if count > MAX_FIGURES_PER_KIND:
             note(f"{experiment.name}: {count} conditions recorded {kind}; drew the first "
                  f"{MAX_FIGURES_PER_KIND}. Choose others with --where KEY=VALUE")
+    # Santurkar et al. 2018 probes (record.landscape, record.ics), when recorded.
+    from bncompare import probe_plots
+
+    yield from probe_plots.figures(experiment, {v: colour(v) for v in experiment.variants}, x)
 
 
 def save(figure: Figure, path: Path, fmt: str) -> Path:
