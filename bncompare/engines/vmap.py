@@ -1,0 +1,384 @@
+"""The vmap engine: many runs trained as one JAX program (JAX backend only).
+
+Each member is the Keras model its solo run would build (`build_model` right after
+`keras.utils.set_random_seed(seed)`, so identical initial weights) with the optimizer `make_optimizer`
+gives it. The engine takes their variable values out, stacks them along a leading member axis, and
+trains them with one member's model and optimizer as the traced template:
+
+    model.stateless_call(trainable, non_trainable, x, training=True)    forward + BN moving stats
+    jax.value_and_grad                                                  gradients of the batch mean
+    optimizer.stateless_apply(optimizer_variables, grads, trainable)    the member's update
+
+under `jax.vmap` over members and `lax.fori_loop` over steps: one compiled call trains every member for
+a block of steps. The learning rate is one of the optimizer's variables, so stacking the members'
+optimizer variables gives each its own rate; weight decay is substituted per member while tracing
+(Keras reads `optimizer.weight_decay` only as a number to multiply by). Each member gathers its own
+batches on the device from its epoch permutation (`Schedule.batch_indices`), uploaded once per epoch.
+
+What must be equal for one compiled program is the group key (`group_key`): every param except the
+learning rate, the weight decay's value, the seed, the initializer and keys that only change speed.
+A member whose recorder turns inactive (diverged) keeps its last state: the block's result is
+selected per member with `jnp.where`, so nothing is recompiled.
+
+Steps per call: a call ends at the chunk's end (eval point or epoch end) or after `steps` steps,
+whichever is first; `steps` starts from an arithmetic estimate (STEP_FLOPS_PER_SECOND) and then
+follows the measured time per step so that a call takes about CALL_SECONDS, keeping progress and
+Ctrl-C responsive while one dispatch per call costs nothing against a second of arithmetic. The
+step count is a traced argument, so changing it never recompiles. NaN/inf is reported at the same
+step a solo run with the same `train.steps_per_execution` reports it: the end of the
+steps_per_execution block (counted from the chunk start, as Keras's fit counts) in which the member's
+loss first became non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Hashable
+
+import numpy as np
+
+from bncompare import interrupts
+from bncompare.backend import import_keras
+from bncompare.config import Run
+from bncompare.data import Dataset
+from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
+from bncompare.train import EVAL_BATCH_SIZE, START_PROBE, Schedule, make_optimizer, steps_per_execution
+
+NAME = "vmap"
+# Target duration of one compiled training call (see the module docstring).
+CALL_SECONDS = 1.0
+# First guess of the training arithmetic rate (FLOP/s) before any call has been timed; low on
+# purpose, so the first call is short rather than long.
+STEP_FLOPS_PER_SECOND = {"cpu": 5e9, "gpu": 2e12}
+# Members per group on a CPU: beyond this the program is compute-bound already and compile time and
+# the first result's delay only grow.
+CPU_MAX_MEMBERS = 64
+# Fraction of the free device memory a group may plan to use (XLA needs room for temporaries).
+MEMORY_SHARE = 0.5
+# Keys whose values may differ between members of one group. The rest of a run's params must be
+# equal. `train.momentum` matters only to the momentum optimizer and `model.bn_*` only with BN, so
+# `group_key` drops them where they are ignored.
+PER_MEMBER = ("train.learning_rate", "train.weight_decay", "train.seed", "model.init")
+SPEED_ONLY = ("train.jit_compile", "train.pack", "record.tensorboard")
+# What the engine does not do; each such run trains alone through the fit engine.
+RECORDING = {"record.activations": "records activations (per-layer hooks)",
+             "record.gradients": "records gradient norms (per-layer hooks)",
+             "record.tensorboard": "writes TensorBoard events",
+             "record.landscape": "probes the loss landscape",
+             "record.ics": "measures internal covariate shift",
+             "record.eval_at_start": "evaluates at step 0"}
+VERIFIED_KINDS = ("mlp", "cnn")
+VERIFIED_NORMS = (None, "none", "batch")
+
+
+def is_eval(schedule: Schedule, step: int) -> bool:
+    """Whether `step` is an eval point (the lifecycle's Schedule has `is_eval`; this copy may not)."""
+    check = getattr(schedule, "is_eval", None)
+    return check(step) if check is not None else step in schedule.eval_steps
+
+
+class VmapEngine:
+    """Trains a group of runs as one vmapped JAX program (see the module docstring)."""
+
+    name = NAME
+
+    def refuses(self, run: Run) -> str | None:
+        """Why this engine cannot train `run` (it then trains alone with fit), or None."""
+        params = run.params
+        backend = import_keras().backend.backend()
+        if backend != "jax":
+            return f"the vmap engine needs the JAX backend (this is {backend})"
+        for key, what in RECORDING.items():
+            if params.get(key):
+                return f"{key}: {what}, which the vmap engine does not do"
+        modes = params.get("record.bn_eval") or ["moving"]
+        if list(modes) != ["moving"]:
+            return f"record.bn_eval={list(modes)}: the vmap engine evaluates with moving statistics only"
+        if params.get("model.kind") not in VERIFIED_KINDS:
+            return f"model.kind={params.get('model.kind')}: not verified equal to fit under vmap"
+        if params.get("model.norm") not in VERIFIED_NORMS:
+            return f"model.norm={params.get('model.norm')}: not verified equal to fit under vmap"
+        if params.get("model.bn_noise"):
+            return "model.bn_noise: not verified equal to fit under vmap"
+        if params.get("train.precision") == "mixed_float16":
+            # fit wraps the optimizer in a LossScaleOptimizer for float16; this engine does not.
+            return "train.precision=mixed_float16: needs loss scaling, which the vmap engine lacks"
+        return None
+
+    def group_key(self, run: Run) -> Hashable:
+        """Runs with equal keys can train as one program: all params but the per-member ones."""
+        params = dict(run.params)
+        for key in PER_MEMBER + SPEED_ONLY:
+            params.pop(key, None)
+        params["model.hidden"] = tuple(layer_sizes(run.params))
+        params.pop("model.depth", None)
+        params.pop("model.width", None)
+        if run.params.get("train.optimizer") != "momentum":
+            params.pop("train.momentum", None)
+        if not run.params.get("model.batch_norm") and run.params.get("model.norm") in VERIFIED_NORMS:
+            params.pop("model.bn_momentum", None)
+            params.pop("model.bn_epsilon", None)
+        # Decay on or off changes the program (make_optimizer passes None for 0); its value does not.
+        params["weight_decay_on"] = bool(run.params.get("train.weight_decay"))
+        params["train.steps_per_execution"] = steps_per_execution(run.params)
+        return tuple(sorted((key, _hashable(value)) for key, value in params.items()))
+
+    def max_members(self, run: Run, data: Dataset) -> int:
+        """How many such runs fit in one group on the default device (memory estimate)."""
+        import jax
+
+        device = jax.devices()[0]
+        per_member = member_bytes(run.params, data)
+        if device.platform == "cpu":
+            return CPU_MAX_MEMBERS
+        stats = device.memory_stats() or {}
+        free = stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
+        if free <= 0:
+            return CPU_MAX_MEMBERS
+        return max(1, int(free * MEMORY_SHARE // per_member))
+
+    def train(self, members: list, data: Dataset) -> None:
+        """Train `members` (equal group keys) to the end of their schedule; see engine_interface."""
+        if members:
+            _Group(members, data).train()
+
+
+def member_bytes(params: dict[str, Any], data: Dataset) -> int:
+    """Device bytes one member needs: weights, gradients, optimizer slots, one batch's activations
+    (training and evaluation), and its epoch permutation."""
+    keras = import_keras()
+    model = build_model(params, data.input_shape, data.classes)
+    weights = sum(int(np.prod(v.shape)) for v in model.weights)
+    slots = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[params["train.optimizer"]]
+    activations = sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
+    keras.backend.clear_session()
+    # Training keeps each layer's output for the backward pass plus a gradient of the same size.
+    batch = 3 * activations * params["train.batch_size"] + activations * EVAL_BATCH_SIZE
+    return 4 * ((2 + slots) * weights + batch + len(data.x_train))
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+class _Group:
+    """The stacked state of a group and its compiled training and evaluation calls."""
+
+    def __init__(self, members: list, data: Dataset):
+        import jax
+        import jax.numpy as jnp
+
+        self.keras = keras = import_keras()
+        self.members, self.data = members, data
+        self.params = params = members[0].run.params
+        self.schedule: Schedule = members[0].schedule
+        self.batch = self.schedule.batch_size
+        self.per_execution = steps_per_execution(params)
+        states = []
+        for member in members:
+            keras.utils.set_random_seed(member.run.seed)  # what a solo run draws
+            model = build_model(member.run.params, data.input_shape, data.classes)
+            optimizer = make_optimizer(member.run.params)
+            optimizer.build(model.trainable_variables)
+            states.append(([v.value for v in model.trainable_variables],
+                           [v.value for v in model.non_trainable_variables],
+                           [v.value for v in optimizer.variables]))
+        # The last member's objects are the template every member's numbers are traced through:
+        # the group key makes their structure (and weight decay on/off, momentum) the same for all.
+        self.model, self.optimizer = model, optimizer
+        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states)
+        self.decay = jnp.asarray([m.run.params["train.weight_decay"] for m in members], jnp.float32)
+        self.active = np.ones(len(members), bool)
+        self.device = jax.devices()[0]
+        self.x_train = jax.device_put(data.x_train, self.device)
+        self.y_train = jax.device_put(data.y_train.astype(np.int32), self.device)
+        self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        self._compiled: dict[Any, Any] = {}
+        self._loss = loss_function(keras)
+
+    # ---- the traced functions -------------------------------------------------------------------
+
+    def _step(self, state, decay, x, y):
+        """One optimizer step of one member: (new state, summed loss, correct predictions)."""
+        import jax
+        import jax.numpy as jnp
+
+        trainable, non_trainable, slots = state
+
+        def loss_of(trainable):
+            logits, updated = self.model.stateless_call(trainable, non_trainable, x, training=True)
+            return self._loss(y, logits), (logits, updated)
+
+        (loss, (logits, non_trainable)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        saved = self.optimizer.weight_decay
+        if saved is not None:  # the member's decay, read by Keras as a number (None: off for all)
+            self.optimizer.weight_decay = decay
+        try:
+            trainable, slots = self.optimizer.stateless_apply(slots, grads, trainable)
+        finally:
+            self.optimizer.weight_decay = saved
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
+        return (trainable, non_trainable, slots), loss, correct
+
+    def _block_function(self, batch: int):
+        """The compiled call: `steps` steps of every member, batches of `batch` from `offset` on."""
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        def member(state, decay, active, order, offset, steps, x_all, y_all):
+            def body(i, carry):
+                current, loss_sum, correct, first_bad = carry
+                indices = lax.dynamic_slice(order, (offset + i * batch,), (batch,))
+                current, loss, right = self._step(current, decay, x_all[indices], y_all[indices])
+                first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), i, first_bad)
+                return current, loss_sum + loss * batch, correct + right, first_bad
+
+            start = (state, jnp.float32(0), jnp.int32(0), jnp.int32(-1))
+            new, loss_sum, correct, first_bad = lax.fori_loop(0, steps, body, start)
+            # An inactive member keeps its state: masked, not removed, so nothing recompiles.
+            new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+            return new, loss_sum, correct, first_bad
+
+        vmapped = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None, None))
+        donate = (0,) if self.device.platform != "cpu" else ()  # CPU buffers cannot be donated
+        return jax.jit(vmapped, donate_argnums=donate)
+
+    def _eval_function(self):
+        """Summed loss and correct predictions of every member on one shared batch, inference mode."""
+        import jax
+        import jax.numpy as jnp
+
+        def member(state, x, y):
+            trainable, non_trainable, _ = state
+            logits, _ = self.model.stateless_call(trainable, non_trainable, x, training=False)
+            losses = per_example_loss(self.keras, y, logits)
+            return jnp.sum(losses), jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+        return jax.jit(jax.vmap(member, in_axes=(0, None, None)))
+
+    def _compiled_call(self, key, make, *args):
+        """Compile once per argument shapes, ahead of time, so that timed calls never compile."""
+        import jax
+
+        shapes = jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)
+        full_key = (key, str(shapes))
+        if full_key not in self._compiled:
+            self._compiled[full_key] = make().lower(*args).compile()
+        return self._compiled[full_key]
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss and accuracy of every member on (x, y), in batches of EVAL_BATCH_SIZE."""
+        import jax
+
+        loss_sum = np.zeros(len(self.members))
+        correct = np.zeros(len(self.members))
+        for begin in range(0, len(x), EVAL_BATCH_SIZE):
+            xb = jax.device_put(x[begin:begin + EVAL_BATCH_SIZE], self.device)
+            yb = jax.device_put(y[begin:begin + EVAL_BATCH_SIZE].astype(np.int32), self.device)
+            call = self._compiled_call("eval", self._eval_function, self.state, xb, yb)
+            losses, rights = jax.device_get(call(self.state, xb, yb))
+            loss_sum += losses
+            correct += rights
+        return loss_sum / len(x), correct / len(x)
+
+    def train(self) -> None:
+        import jax
+
+        schedule, data = self.schedule, self.data
+        probe = min(START_PROBE, len(data.x_train))
+        start_losses, _ = self.evaluate(data.x_train[:probe], data.y_train[:probe])
+        for k, (member, loss) in enumerate(zip(self.members, start_losses)):
+            member.recorder.start(float(loss))
+            self.active[k] = member.recorder.active
+        steps_per_call = self._first_steps_per_call()
+        seconds = 0.0
+        interval_loss = np.zeros(len(self.members))
+        interval_correct = np.zeros(len(self.members))
+        interval_examples = 0
+        orders, order_epoch = None, None
+        per_epoch = schedule.steps_per_epoch
+        for first, last in schedule.chunks():
+            epoch = first // per_epoch
+            if epoch != order_epoch:  # each member's permutation of this epoch, uploaded once
+                orders = jax.device_put(np.stack([
+                    schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+                    for m in self.members]).astype(np.int32), self.device)
+                order_epoch = epoch
+            step = first
+            while step < last:
+                offset = (step - epoch * per_epoch) * self.batch
+                remaining = len(data.x_train) - offset
+                if remaining < self.batch:  # the epoch's partial last batch: its own shape
+                    batch, steps = remaining, 1
+                else:
+                    full = min(last - step, remaining // self.batch)
+                    batch, steps = self.batch, max(1, min(steps_per_call, full))
+                args = (self.state, self.decay, self.active, orders, np.int32(offset),
+                        np.int32(steps), self.x_train, self.y_train)
+                call = self._compiled_call(("block", batch), lambda: self._block_function(batch),
+                                           *args)
+                began = time.perf_counter()
+                self.state, loss_sum, correct, first_bad = call(*args)
+                loss_sum, correct, first_bad = jax.device_get((loss_sum, correct, first_bad))
+                took = time.perf_counter() - began
+                seconds += took
+                if batch == self.batch:
+                    steps_per_call = max(1, int(steps * CALL_SECONDS / max(took, 1e-6)))
+                interval_loss += loss_sum
+                interval_correct += correct
+                interval_examples += steps * batch
+                self._report_block(first, last, step, steps, first_bad,
+                                   interval_loss / interval_examples,
+                                   interval_correct / interval_examples)
+                step += steps
+                interrupts.check()
+                if not self.active.any():
+                    return
+            if not is_eval(schedule, last):
+                continue
+            val_loss, val_accuracy = self.evaluate(data.x_val, data.y_val)
+            for k, member in enumerate(self.members):
+                if not self.active[k]:
+                    continue
+                point = {"epoch": schedule.epoch_of(last), "step": last,
+                         "loss": float(interval_loss[k] / interval_examples),
+                         "accuracy": float(interval_correct[k] / interval_examples),
+                         "val_loss": float(val_loss[k]), "val_accuracy": float(val_accuracy[k]),
+                         "seconds": round(seconds, 3)}
+                self.active[k] = member.recorder.point(point)
+            interval_loss[:] = 0.0
+            interval_correct[:] = 0.0
+            interval_examples = 0
+            interrupts.check()
+            if not self.active.any():
+                return
+
+    def _report_block(self, first: int, last: int, step: int, steps: int, first_bad: np.ndarray,
+                      loss: np.ndarray, accuracy: np.ndarray) -> None:
+        """recorder.block for every active member; a NaN/inf goes at the end of the
+        steps_per_execution block (counted from the chunk start) where a solo fit reports it."""
+        for k, member in enumerate(self.members):
+            if not self.active[k]:
+                continue
+            if first_bad[k] >= 0 or not math.isfinite(loss[k]):
+                bad_step = step + max(int(first_bad[k]), 0) + 1
+                blocks = math.ceil((bad_step - first) / self.per_execution)
+                at = min(first + blocks * self.per_execution, last)
+                self.active[k] = member.recorder.block(at, float("nan"), float("nan"))
+            else:
+                self.active[k] = member.recorder.block(step + steps, float(loss[k]),
+                                                       float(accuracy[k]))
+
+    def _first_steps_per_call(self) -> int:
+        """Steps in the first call: CALL_SECONDS of arithmetic at a conservative rate."""
+        rate = STEP_FLOPS_PER_SECOND.get(self.device.platform, STEP_FLOPS_PER_SECOND["gpu"])
+        flops = 6 * self.weights * self.batch * len(self.members)  # forward + backward, per step
+        return max(1, int(CALL_SECONDS * rate / flops))
