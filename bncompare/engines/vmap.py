@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable
 
 import numpy as np
@@ -198,7 +199,8 @@ class _Group:
         self.x_train = jax.device_put(data.x_train, self.device)
         self.y_train = jax.device_put(data.y_train.astype(np.int32), self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-        self._compiled: dict[Any, Any] = {}
+        self._programs: dict[Any, Future] = {}
+        self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
         self._loss = loss_function(keras)
 
     # ---- the traced functions -------------------------------------------------------------------
@@ -262,15 +264,22 @@ class _Group:
 
         return jax.jit(jax.vmap(member, in_axes=(0, None, None)))
 
-    def _compiled_call(self, key, make, *args):
-        """Compile once per argument shapes, ahead of time, so that timed calls never compile."""
+    def _program(self, key, make, *args):
+        """The compiled program for these argument shapes (a future): traced here, compiled on a
+        worker thread, so programs compile at the same time as each other and as training."""
         import jax
 
         shapes = jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)
         full_key = (key, str(shapes))
-        if full_key not in self._compiled:
-            self._compiled[full_key] = make().lower(*args).compile()
-        return self._compiled[full_key]
+        if full_key not in self._programs:
+            self._programs[full_key] = self._compiler.submit(make().lower(*args).compile)
+        return self._programs[full_key]
+
+    def _block_program(self, batch: int, orders):
+        """The training call for batches of `batch` examples (compiled once per batch size)."""
+        args = (self.state, self.decay, self.active, orders, np.int32(0), np.int32(1),
+                self.x_train, self.y_train)
+        return self._program(("block", batch), lambda: self._block_function(batch), *args)
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -283,16 +292,36 @@ class _Group:
         for begin in range(0, len(x), EVAL_BATCH_SIZE):
             xb = jax.device_put(x[begin:begin + EVAL_BATCH_SIZE], self.device)
             yb = jax.device_put(y[begin:begin + EVAL_BATCH_SIZE].astype(np.int32), self.device)
-            call = self._compiled_call("eval", self._eval_function, self.state, xb, yb)
+            call = self._program("eval", self._eval_function, self.state, xb, yb).result()
             losses, rights = jax.device_get(call(self.state, xb, yb))
             loss_sum += losses
             correct += rights
         return loss_sum / len(x), correct / len(x)
 
     def train(self) -> None:
+        try:
+            self._train()
+        finally:
+            self._compiler.shutdown(wait=True, cancel_futures=True)
+
+    def _epoch_orders(self, epoch: int):
+        """Each member's permutation of the training examples in `epoch`, on the device."""
+        import jax
+
+        per_epoch = self.schedule.steps_per_epoch
+        return jax.device_put(np.stack([
+            self.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+            for m in self.members]).astype(np.int32), self.device)
+
+    def _train(self) -> None:
         import jax
 
         schedule, data = self.schedule, self.data
+        # Every training program starts compiling now, beside the start-loss evaluation's.
+        orders, order_epoch = self._epoch_orders(0), 0
+        self._block_program(self.batch, orders)
+        if len(data.x_train) % self.batch and schedule.total_steps >= schedule.steps_per_epoch:
+            self._block_program(len(data.x_train) % self.batch, orders)
         probe = min(START_PROBE, len(data.x_train))
         start_losses, _ = self.evaluate(data.x_train[:probe], data.y_train[:probe])
         for k, (member, loss) in enumerate(zip(self.members, start_losses)):
@@ -303,15 +332,11 @@ class _Group:
         interval_loss = np.zeros(len(self.members))
         interval_correct = np.zeros(len(self.members))
         interval_examples = 0
-        orders, order_epoch = None, None
         per_epoch = schedule.steps_per_epoch
         for first, last in schedule.chunks():
             epoch = first // per_epoch
-            if epoch != order_epoch:  # each member's permutation of this epoch, uploaded once
-                orders = jax.device_put(np.stack([
-                    schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
-                    for m in self.members]).astype(np.int32), self.device)
-                order_epoch = epoch
+            if epoch != order_epoch:  # uploaded once per epoch; batches are gathered on the device
+                orders, order_epoch = self._epoch_orders(epoch), epoch
             step = first
             while step < last:
                 offset = (step - epoch * per_epoch) * self.batch
@@ -321,12 +346,11 @@ class _Group:
                 else:
                     full = min(last - step, remaining // self.batch)
                     batch, steps = self.batch, max(1, min(steps_per_call, full))
-                args = (self.state, self.decay, self.active, orders, np.int32(offset),
-                        np.int32(steps), self.x_train, self.y_train)
-                call = self._compiled_call(("block", batch), lambda: self._block_function(batch),
-                                           *args)
+                call = self._block_program(batch, orders).result()  # compiled before the clock
                 began = time.perf_counter()
-                self.state, loss_sum, correct, first_bad = call(*args)
+                self.state, loss_sum, correct, first_bad = call(
+                    self.state, self.decay, self.active, orders, np.int32(offset), np.int32(steps),
+                    self.x_train, self.y_train)
                 loss_sum, correct, first_bad = jax.device_get((loss_sum, correct, first_bad))
                 took = time.perf_counter() - began
                 seconds += took
