@@ -148,12 +148,10 @@ class VmapEngine:
 def member_bytes(params: dict[str, Any], data: Dataset) -> int:
     """Device bytes one member needs: weights, gradients, optimizer slots, one batch's activations
     (training and evaluation), and its epoch permutation."""
-    keras = import_keras()
     model = build_model(params, data.input_shape, data.classes)
     weights = sum(int(np.prod(v.shape)) for v in model.weights)
     slots = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[params["train.optimizer"]]
     activations = sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
-    keras.backend.clear_session()
     # Training keeps each layer's output for the backward pass plus a gradient of the same size.
     batch = 3 * activations * params["train.batch_size"] + activations * EVAL_BATCH_SIZE
     return 4 * ((2 + slots) * weights + batch + len(data.x_train))
@@ -165,6 +163,31 @@ def _hashable(value: Any) -> Hashable:
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
+
+
+_DEVICE_COPIES: dict[tuple, tuple] = {}
+
+
+def _on_device(x: np.ndarray, y: np.ndarray, device, batch: int | None = None,
+               count: int | None = None) -> tuple:
+    """(x, int32 y) on `device`, or a list of such pairs of `batch` examples from the first `count`;
+    copied once and kept for every group and eval point of a sweep; one dataset's copies at a time.
+
+    Batches are cut on the host: slicing a device array compiles a program per shape."""
+    import jax
+
+    key = (id(x), id(y), str(device), batch, count)
+    if key not in _DEVICE_COPIES:
+        if len(_DEVICE_COPIES) >= 3:  # training set, validation batches, start-loss batch
+            _DEVICE_COPIES.clear()
+        held = (x, y)
+        x, y = x[:count], y[:count].astype(np.int32)
+        pieces = ([(x, y)] if batch is None else
+                  [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+        copies = [(jax.device_put(a, device), jax.device_put(b, device)) for a, b in pieces]
+        # The arrays themselves are kept too, so that their ids cannot be reused while cached.
+        _DEVICE_COPIES[key] = (held, copies[0] if batch is None else copies)
+    return _DEVICE_COPIES[key][1]
 
 
 class _Group:
@@ -196,8 +219,7 @@ class _Group:
         self.decay = jnp.asarray([m.run.params["train.weight_decay"] for m in members], jnp.float32)
         self.active = np.ones(len(members), bool)
         self.device = jax.devices()[0]
-        self.x_train = jax.device_put(data.x_train, self.device)
-        self.y_train = jax.device_put(data.y_train.astype(np.int32), self.device)
+        self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         self._programs: dict[Any, Future] = {}
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
@@ -283,20 +305,20 @@ class _Group:
 
     # ---- the loop -------------------------------------------------------------------------------
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss and accuracy of every member on (x, y), in batches of EVAL_BATCH_SIZE."""
+    def evaluate(self, x: np.ndarray, y: np.ndarray, count: int | None = None):
+        """Mean loss and accuracy of every member on the first `count` (default: all) examples of
+        (x, y), in batches of EVAL_BATCH_SIZE: two arrays over members."""
         import jax
 
+        count = len(x) if count is None else count
         loss_sum = np.zeros(len(self.members))
         correct = np.zeros(len(self.members))
-        for begin in range(0, len(x), EVAL_BATCH_SIZE):
-            xb = jax.device_put(x[begin:begin + EVAL_BATCH_SIZE], self.device)
-            yb = jax.device_put(y[begin:begin + EVAL_BATCH_SIZE].astype(np.int32), self.device)
+        for xb, yb in _on_device(x, y, self.device, EVAL_BATCH_SIZE, count):
             call = self._program("eval", self._eval_function, self.state, xb, yb).result()
             losses, rights = jax.device_get(call(self.state, xb, yb))
             loss_sum += losses
             correct += rights
-        return loss_sum / len(x), correct / len(x)
+        return loss_sum / count, correct / count
 
     def train(self) -> None:
         try:
@@ -323,7 +345,7 @@ class _Group:
         if len(data.x_train) % self.batch and schedule.total_steps >= schedule.steps_per_epoch:
             self._block_program(len(data.x_train) % self.batch, orders)
         probe = min(START_PROBE, len(data.x_train))
-        start_losses, _ = self.evaluate(data.x_train[:probe], data.y_train[:probe])
+        start_losses, _ = self.evaluate(data.x_train, data.y_train, probe)
         for k, (member, loss) in enumerate(zip(self.members, start_losses)):
             member.recorder.start(float(loss))
             self.active[k] = member.recorder.active
