@@ -64,8 +64,8 @@ def sweep_runs(members: int, epochs: int, limit: int | None):
                      overrides + [f"sweep.train.learning_rate=[{rates}]"])
 
 
-def load(what: str) -> str:
-    return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores, {what}"
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
 def vmapped(members: int, epochs: int, limit: int | None) -> float:
@@ -93,8 +93,8 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
     wall = time.perf_counter() - started
     done = len(runs) * epochs
     print(f"vmap K={members:<5} groups {sizes}: wall {wall:.1f} s, training {trained:.1f} s; "
-          f"member-epochs/s {done / wall:.1f} (wall), {done / trained:.1f} (training); "
-          f"best val acc {max(accuracies):.4f}; {load('')}", flush=True)
+          f"member-epochs/s {done / wall:.2f} (wall), {done / trained:.2f} (training); "
+          f"best val acc {max(accuracies):.4f}; {load()}", flush=True)
     return done / wall
 
 
@@ -115,7 +115,7 @@ def one_at_a_time(runs_wanted: int, epochs: int, limit: int | None) -> float:
     wall = time.perf_counter() - started
     print(f"fit  {len(runs)} runs one at a time: wall {wall:.1f} s, "
           f"member-epochs/s {len(runs) * epochs / wall:.2f} (wall); statuses {sorted(set(statuses))}; "
-          f"{load('')}", flush=True)
+          f"{load()}", flush=True)
     return len(runs) * epochs / wall
 
 
@@ -142,7 +142,7 @@ def main() -> None:
     if args.baseline_runs:
         alone = one_at_a_time(min(args.baseline_runs, 16), args.epochs, args.train_limit)
         for k, rate in rates.items():
-            print(f"ratio K={k}: vmap {rate:.1f} / fit {alone:.2f} member-epochs/s = {rate / alone:.1f}x")
+            print(f"ratio K={k}: vmap {rate:.2f} / fit {alone:.2f} member-epochs/s = {rate / alone:.1f}x")
 
 
 if __name__ == "__main__":

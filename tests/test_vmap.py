@@ -225,3 +225,27 @@ def test_refusals_and_groups():
     assert key(make_run(train__momentum=0.5, **momentum)) != key(make_run(**momentum))
     data = dataset(make_run())
     assert 1 <= engine.max_members(make_run(), data) <= 64
+
+
+@jax_only
+def test_ctrl_c_stops_after_the_compiled_call():
+    from bncompare import interrupts
+    from bncompare.engines.vmap import VmapEngine
+    from bncompare.train import Schedule
+
+    class StopAsked(FakeRecorder):
+        def block(self, step, loss, accuracy):
+            interrupts._requested = True  # what the SIGINT handler sets
+            return super().block(step, loss, accuracy)
+
+    runs = [make_run(seed, train__learning_rate=0.01) for seed in (0, 1)]
+    data = dataset(runs[0])
+    members = [FakeMember(run, Schedule.for_run(run.params, len(data.x_train)), StopAsked(data.classes),
+                          slot) for slot, run in enumerate(runs)]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            VmapEngine().train(members, data)
+    finally:
+        interrupts._requested = False
+    assert [len(m.recorder.blocks) for m in members] == [1, 1]  # every member heard, then stop
+    assert not any(m.recorder.points for m in members)

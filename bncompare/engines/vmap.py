@@ -17,6 +17,9 @@ batches on the device from its epoch permutation (`Schedule.batch_indices`), upl
 
 What must be equal for one compiled program is the group key (`group_key`): every param except the
 learning rate, the weight decay's value, the seed, the initializer and keys that only change speed.
+SGD's momentum and BN's momentum and epsilon stay in the key: Keras branches on `momentum != 0` in
+Python, and BN's `1 - momentum` computed from a traced float32 instead of a Python float would round
+differently from a solo run.
 A member whose recorder turns inactive (diverged) keeps its last state: the block's result is
 selected per member with `jnp.where`, so nothing is recompiled.
 
@@ -44,7 +47,8 @@ from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
-from bncompare.train import EVAL_BATCH_SIZE, START_PROBE, Schedule, make_optimizer, steps_per_execution
+# Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
+from bncompare.train import EVAL_BATCH_SIZE, START_PROBE, make_optimizer, steps_per_execution
 
 NAME = "vmap"
 # Target duration of one compiled training call (see the module docstring).
@@ -73,7 +77,7 @@ VERIFIED_KINDS = ("mlp", "cnn")
 VERIFIED_NORMS = (None, "none", "batch")
 
 
-def is_eval(schedule: Schedule, step: int) -> bool:
+def is_eval(schedule, step: int) -> bool:
     """Whether `step` is an eval point (the lifecycle's Schedule has `is_eval`; this copy may not)."""
     check = getattr(schedule, "is_eval", None)
     return check(step) if check is not None else step in schedule.eval_steps
@@ -117,7 +121,7 @@ class VmapEngine:
         params.pop("model.width", None)
         if run.params.get("train.optimizer") != "momentum":
             params.pop("train.momentum", None)
-        if not run.params.get("model.batch_norm") and run.params.get("model.norm") in VERIFIED_NORMS:
+        if not _batch_norm(run.params):
             params.pop("model.bn_momentum", None)
             params.pop("model.bn_epsilon", None)
         # Decay on or off changes the program (make_optimizer passes None for 0); its value does not.
@@ -155,6 +159,11 @@ def member_bytes(params: dict[str, Any], data: Dataset) -> int:
     # Training keeps each layer's output for the backward pass plus a gradient of the same size.
     batch = 3 * activations * params["train.batch_size"] + activations * EVAL_BATCH_SIZE
     return 4 * ((2 + slots) * weights + batch + len(data.x_train))
+
+
+def _batch_norm(params: dict[str, Any]) -> bool:
+    """Whether the model has BN layers (whose momentum and epsilon then shape the program)."""
+    return bool(params.get("model.batch_norm")) or params.get("model.norm") not in (None, "none")
 
 
 def _hashable(value: Any) -> Hashable:
@@ -200,7 +209,7 @@ class _Group:
         self.keras = keras = import_keras()
         self.members, self.data = members, data
         self.params = params = members[0].run.params
-        self.schedule: Schedule = members[0].schedule
+        self.schedule = members[0].schedule  # equal for all: the group key holds its params
         self.batch = self.schedule.batch_size
         self.per_execution = steps_per_execution(params)
         states = []
@@ -332,7 +341,7 @@ class _Group:
 
         per_epoch = self.schedule.steps_per_epoch
         return jax.device_put(np.stack([
-            self.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+            m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
             for m in self.members]).astype(np.int32), self.device)
 
     def _train(self) -> None:
