@@ -249,3 +249,24 @@ def test_ctrl_c_stops_after_the_compiled_call():
         interrupts._requested = False
     assert [len(m.recorder.blocks) for m in members] == [1, 1]  # every member heard, then stop
     assert not any(m.recorder.points for m in members)
+
+
+@jax_only
+def test_groups_of_one_key_and_size_share_their_compiled_programs():
+    from bncompare.engines.vmap import VmapEngine
+    from bncompare.train import Schedule
+
+    engine = VmapEngine()
+    data = dataset(make_run())
+    results = []
+    for seeds in ((0, 1), (0, 1), (2, 3)):
+        runs = [make_run(seed, train__learning_rate=0.01 * (seed + 1)) for seed in seeds]
+        members = [FakeMember(run, Schedule.for_run(run.params, len(data.x_train)),
+                              FakeRecorder(data.classes), slot) for slot, run in enumerate(runs)]
+        engine.train(members, data)
+        results.append([m.recorder.points[-1]["val_loss"] for m in members])
+        if len(results) == 1:
+            compiled = len(engine._programs)
+    assert len(engine._programs) == compiled  # nothing compiled after the first group
+    assert results[0] == results[1]  # reused programs, the same numbers
+    assert results[2] != results[0]

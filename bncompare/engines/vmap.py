@@ -59,6 +59,8 @@ STEP_FLOPS_PER_SECOND = {"cpu": 5e9, "gpu": 2e12}
 # Members per group on a CPU: beyond this the program is compute-bound already and compile time and
 # the first result's delay only grow.
 CPU_MAX_MEMBERS = 64
+# Compiled programs kept between groups (a few per distinct group key and size).
+PROGRAMS_KEPT = 32
 # Fraction of the free device memory a group may plan to use (XLA needs room for temporaries).
 MEMORY_SHARE = 0.5
 # Keys whose values may differ between members of one group. The rest of a run's params must be
@@ -87,6 +89,11 @@ class VmapEngine:
     """Trains a group of runs as one vmapped JAX program (see the module docstring)."""
 
     name = NAME
+
+    def __init__(self):
+        # Compiled programs by (group key, member count, argument shapes): the groups a large sweep
+        # is split into (same key, same size) compile once.
+        self._programs: dict[Any, Future] = {}
 
     def refuses(self, run: Run) -> str | None:
         """Why this engine cannot train `run` (it then trains alone with fit), or None."""
@@ -146,7 +153,9 @@ class VmapEngine:
     def train(self, members: list, data: Dataset) -> None:
         """Train `members` (equal group keys) to the end of their schedule; see engine_interface."""
         if members:
-            _Group(members, data).train()
+            if len(self._programs) > PROGRAMS_KEPT:
+                self._programs.clear()
+            _Group(members, data, self.group_key(members[0].run), self._programs).train()
 
 
 def member_bytes(params: dict[str, Any], data: Dataset) -> int:
@@ -202,7 +211,8 @@ def _on_device(x: np.ndarray, y: np.ndarray, device, batch: int | None = None,
 class _Group:
     """The stacked state of a group and its compiled training and evaluation calls."""
 
-    def __init__(self, members: list, data: Dataset):
+    def __init__(self, members: list, data: Dataset, structure: Hashable,
+                 programs: dict[Any, Future]):
         import jax
         import jax.numpy as jnp
 
@@ -230,7 +240,7 @@ class _Group:
         self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-        self._programs: dict[Any, Future] = {}
+        self.structure, self._programs = structure, programs
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
         self._loss = loss_function(keras)
 
@@ -301,10 +311,11 @@ class _Group:
         import jax
 
         shapes = jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)
-        full_key = (key, str(shapes))
-        if full_key not in self._programs:
-            self._programs[full_key] = self._compiler.submit(make().lower(*args).compile)
-        return self._programs[full_key]
+        full_key = (self.structure, key, str(shapes))
+        future = self._programs.get(full_key)
+        if future is None or future.cancelled() or (future.done() and future.exception()):
+            future = self._programs[full_key] = self._compiler.submit(make().lower(*args).compile)
+        return future
 
     def _block_program(self, batch: int, orders):
         """The training call for batches of `batch` examples (compiled once per batch size)."""
