@@ -7,7 +7,7 @@ The sweep is the origin config (configs/mnist.yaml: MLP 256-128, Adam, batch 32,
 K/2 learning rates (log-spaced, 1e-4 to 0.3) x {no_bn, bn}; K=1 is the no_bn run alone. Each variant is
 one group (split further only if `max_members` says so). `--members 1 16 256` measures several sizes
 in one process. Prints, per K: wall seconds of the engine (model building, compilation, training,
-evaluation), its training seconds alone, and member-epochs per second of each; then Keras fit on the
+evaluation) and its CPU seconds, its training seconds alone, and member-epochs per second of each; then Keras fit on the
 first `--baseline-runs` runs of the 16-run sweep, one after another (the `pack: off` path), and the
 ratio of the two throughputs (wall against wall). Nothing is asserted; on a shared machine timings
 are noisy: the load average is printed with each line.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -64,6 +65,12 @@ def sweep_runs(members: int, epochs: int, limit: int | None):
                      overrides + [f"sweep.train.learning_rate=[{rates}]"])
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far (all threads: XLA's compiler and compute pools)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load() -> str:
     return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
@@ -79,7 +86,7 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
     groups: dict = {}
     for run in runs:
         groups.setdefault(engine.group_key(run), []).append(run)
-    started, trained, sizes, accuracies = time.perf_counter(), 0.0, [], []
+    started, cpu, trained, sizes, accuracies = time.perf_counter(), cpu_seconds(), 0.0, [], []
     for group in groups.values():
         cap = engine.max_members(group[0], data)
         for begin in range(0, len(group), cap):
@@ -90,9 +97,10 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
             trained += max(m.recorder.last["seconds"] for m in team if m.recorder.last)
             sizes.append(len(part))
             accuracies += [m.recorder.last["val_accuracy"] for m in team if m.recorder.last]
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     done = len(runs) * epochs
-    print(f"vmap K={members:<5} groups {sizes}: wall {wall:.1f} s, training {trained:.1f} s; "
+    print(f"vmap K={members:<5} groups {sizes}: wall {wall:.1f} s, CPU {cpu:.1f} s, "
+          f"training {trained:.1f} s; "
           f"member-epochs/s {done / wall:.2f} (wall), {done / trained:.2f} (training); "
           f"best val acc {max(accuracies):.4f}; {load()}", flush=True)
     return done / wall
@@ -106,14 +114,14 @@ def one_at_a_time(runs_wanted: int, epochs: int, limit: int | None) -> float:
     runs = sweep_runs(16, epochs, limit)
     runs = [runs[i] for i in sorted({round(i * 16 / runs_wanted) % 16 for i in range(runs_wanted)})]
     data = load_dataset("mnist", "test", limit)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory() as out:
         statuses = []
         for run in runs:
             (Path(out) / run.run_id).mkdir()
             statuses.append(train_and_evaluate(run, Path(out) / run.run_id, data, environment={}))
-    wall = time.perf_counter() - started
-    print(f"fit  {len(runs)} runs one at a time: wall {wall:.1f} s, "
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    print(f"fit  {len(runs)} runs one at a time: wall {wall:.1f} s, CPU {cpu:.1f} s, "
           f"member-epochs/s {len(runs) * epochs / wall:.2f} (wall); statuses {sorted(set(statuses))}; "
           f"{load()}", flush=True)
     return len(runs) * epochs / wall

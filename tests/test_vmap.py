@@ -165,11 +165,14 @@ def assert_learns_as_alone(run: Run, recorder: FakeRecorder) -> None:
 
 
 @jax_only
-@pytest.mark.parametrize("variant", ["no_bn", "bn"])
+@pytest.mark.parametrize("variant", ["no_bn", "bn", "bn_bfloat16"])
 def test_members_learn_what_they_learn_alone(variant: str):
     if variant == "no_bn":  # Adam; learning rate, decay and seed differ per member
         runs = [make_run(seed, train__learning_rate=rate, train__weight_decay=decay)
                 for seed, rate, decay in [(0, 1e-3, 1e-4), (1, 3e-3, 1e-3), (2, 1e-2, 1e-2)]]
+    elif variant == "bn_bfloat16":  # Keras mixed precision: bfloat16 compute, float32 weights
+        runs = [make_run(seed, model__batch_norm=True, train__precision="mixed_bfloat16",
+                         train__learning_rate=rate) for seed, rate in [(0, 3e-3), (1, 1e-2)]]
     else:  # SGD with momentum, BN; the epoch's last batch is partial (500 = 15 x 32 + 20)
         runs = [make_run(seed, model__batch_norm=True, train__optimizer="momentum",
                          train__learning_rate=rate) for seed, rate in [(0, 0.01), (1, 0.05), (2, 0.1)]]

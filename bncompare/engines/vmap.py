@@ -36,6 +36,7 @@ loss first became non-finite.
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable
@@ -61,7 +62,8 @@ STEP_FLOPS_PER_SECOND = {"cpu": 5e9, "gpu": 2e12}
 CPU_MAX_MEMBERS = 64
 # Compiled programs kept between groups (a few per distinct group key and size).
 PROGRAMS_KEPT = 32
-# Fraction of the free device memory a group may plan to use (XLA needs room for temporaries).
+# Fraction of the free device memory (a CPU: of the machine's memory) a group may plan to use
+# (XLA needs room for temporaries, and a CPU for everything else).
 MEMORY_SHARE = 0.5
 # Keys whose values may differ between members of one group. The rest of a run's params must be
 # equal. `train.momentum` matters only to the momentum optimizer and `model.bn_*` only with BN, so
@@ -142,13 +144,16 @@ class VmapEngine:
 
         device = jax.devices()[0]
         per_member = member_bytes(run.params, data)
+        shared = data.x_train.nbytes + data.x_val.nbytes  # one copy for the whole group
         if device.platform == "cpu":
-            return CPU_MAX_MEMBERS
+            memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            fit = int((memory * MEMORY_SHARE - shared) // per_member)
+            return max(1, min(CPU_MAX_MEMBERS, fit))
         stats = device.memory_stats() or {}
         free = stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
-        if free <= 0:
+        if free <= 0:  # the platform reports no memory statistics
             return CPU_MAX_MEMBERS
-        return max(1, int(free * MEMORY_SHARE // per_member))
+        return max(1, int((free * MEMORY_SHARE - shared) // per_member))
 
     def train(self, members: list, data: Dataset) -> None:
         """Train `members` (equal group keys) to the end of their schedule; see engine_interface."""
