@@ -138,6 +138,11 @@ def train_alone(run: Run, learning_rate_factor: float = 1.0) -> list[dict[str, A
                                     return_dict=True)
             points.append({"step": last, "loss": loss / examples, "accuracy": correct / examples,
                            "val_loss": scores["loss"], "val_accuracy": scores["accuracy"]})
+            if params.get("record.train_eval"):  # the first N training examples, inference mode
+                n = params["record.train_eval"]
+                scores = model.evaluate(data.x_train[:n], data.y_train[:n], batch_size=1000,
+                                        verbose=0, return_dict=True)
+                points[-1].update(train_eval_loss=scores["loss"], train_eval_accuracy=scores["accuracy"])
             loss, correct, examples = 0.0, 0.0, 0
     return points
 
@@ -152,8 +157,12 @@ def assert_learns_as_alone(run: Run, recorder: FakeRecorder) -> None:
     alone = train_alone(run)
     assert [p["step"] for p in recorder.points] == [p["step"] for p in alone]
     mine, theirs = recorder.points[-1], alone[-1]
-    assert abs(mine["val_accuracy"] - theirs["val_accuracy"]) <= ACCURACY, (mine, theirs)
-    for key in ("loss", "val_loss"):
+    for key in ("val_accuracy", "train_eval_accuracy"):
+        assert abs(mine.get(key, 0) - theirs.get(key, 0)) <= ACCURACY, (key, mine, theirs)
+    for key in ("loss", "val_loss", "train_eval_loss"):
+        if key not in theirs:
+            assert key not in mine
+            continue
         if relative(mine[key], theirs[key]) <= RELATIVE:
             continue
         assert run["model.batch_norm"], (key, mine[key], theirs[key])
@@ -168,7 +177,8 @@ def assert_learns_as_alone(run: Run, recorder: FakeRecorder) -> None:
 @pytest.mark.parametrize("variant", ["no_bn", "bn", "bn_bfloat16"])
 def test_members_learn_what_they_learn_alone(variant: str):
     if variant == "no_bn":  # Adam; learning rate, decay and seed differ per member
-        runs = [make_run(seed, train__learning_rate=rate, train__weight_decay=decay)
+        runs = [make_run(seed, train__learning_rate=rate, train__weight_decay=decay,
+                         record__train_eval=300)
                 for seed, rate, decay in [(0, 1e-3, 1e-4), (1, 3e-3, 1e-3), (2, 1e-2, 1e-2)]]
     elif variant == "bn_bfloat16":  # Keras mixed precision: bfloat16 compute, float32 weights
         runs = [make_run(seed, model__batch_norm=True, train__precision="mixed_bfloat16",
@@ -211,6 +221,7 @@ def test_refusals_and_groups():
     engine = VmapEngine()
     assert "record.activations" in engine.refuses(make_run(record__activations=True))
     assert "mixed_float16" in engine.refuses(make_run(train__precision="mixed_float16"))
+    assert "model.kind=cnn" in engine.refuses(make_run(model__kind="cnn"))
     assert engine.refuses(make_run()) is None
     key = engine.group_key
     # What members may differ in...
