@@ -405,7 +405,8 @@ class _Group:
                 took = time.perf_counter() - began
                 seconds += took
                 if batch == self.batch:  # at most 4x more per call: one fast, noisy timing
-                    steps_per_call = max(1, min(4 * steps, int(steps * CALL_SECONDS / max(took, 1e-6))))
+                    wanted = int(steps * CALL_SECONDS / max(took, 1e-6))
+                    steps_per_call = max(1, min(4 * steps, wanted))
                 interval_loss += loss_sum
                 interval_correct += correct
                 interval_examples += steps * batch
