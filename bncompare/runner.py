@@ -134,7 +134,7 @@ def _train_groups(runs: list[Run], out: Path, prepared: Prepared, display: Liste
     from bncompare.backend import import_keras
 
     done: list[Outcome] = []
-    for group in engines.plan(runs, import_keras().backend.backend()):
+    for group in engines.plan(runs, import_keras().backend.backend(), prepared.datasets):
         try:
             interrupts.check()
             done += execute_group(engines.get(group.engine), group.runs, out,

@@ -61,7 +61,7 @@ class FakeRecorder:
         return self.active
 
     def point(self, point: dict[str, Any], blocks: dict | None = None) -> bool:
-        from bncompare.train import explosion_limit
+        from bncompare.lifecycle import explosion_limit
 
         assert self.active, "an inactive member must not be reported"
         if (not math.isfinite(point["val_loss"])
@@ -101,7 +101,7 @@ def dataset(run: Run):
 
 def train_vmapped(runs: list[Run]) -> list[FakeRecorder]:
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.train import Schedule
+    from bncompare.schedule import Schedule
 
     engine, data = VmapEngine(), dataset(runs[0])
     assert all(engine.refuses(run) is None for run in runs)
@@ -116,14 +116,15 @@ def train_alone(run: Run, learning_rate_factor: float = 1.0) -> list[dict[str, A
     """The reference: plain Keras fit on JAX, fed the run's batches in its schedule's order."""
     from bncompare.backend import import_keras
     from bncompare.models import build_model, loss_function
-    from bncompare.train import Schedule, make_optimizer, steps_per_execution
+    from bncompare.engines.common import make_optimizer, steps_per_execution
+    from bncompare.schedule import Schedule
 
     keras, data, params = import_keras(), dataset(run), dict(run.params)
     params["train.learning_rate"] *= learning_rate_factor
     keras.utils.set_random_seed(run.seed)
     model = build_model(params, data.input_shape, data.classes)
     model.compile(optimizer=make_optimizer(params), loss=loss_function(keras), metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution(params))
+                  steps_per_execution=steps_per_execution(params, "jax"))
     schedule = Schedule.for_run(params, len(data.x_train))
     points, loss, correct, examples = [], 0.0, 0.0, 0
     for first, last in schedule.chunks():
@@ -245,7 +246,7 @@ def test_refusals_and_groups():
 def test_ctrl_c_stops_after_the_compiled_call():
     from bncompare import interrupts
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.train import Schedule
+    from bncompare.schedule import Schedule
 
     class StopAsked(FakeRecorder):
         def block(self, step, loss, accuracy):
@@ -268,7 +269,7 @@ def test_ctrl_c_stops_after_the_compiled_call():
 @jax_only
 def test_groups_of_one_key_and_size_share_their_compiled_programs():
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.train import Schedule
+    from bncompare.schedule import Schedule
 
     engine = VmapEngine()
     data = dataset(make_run())

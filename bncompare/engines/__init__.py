@@ -23,8 +23,18 @@ from bncompare.config import Run
 GROUP_ENGINE = {"tensorflow": "tf_pack", "jax": "vmap", "torch": None}
 
 
+_ENGINES: dict[str, object] = {}
+
+
 def get(name: str):
-    """The engine called `name` (imported on demand: engines import Keras)."""
+    """The engine called `name`, one per process (the vmap engine keeps its compiled programs for
+    every group of a sweep); imported on demand: engines import Keras."""
+    if name not in _ENGINES:
+        _ENGINES[name] = _make(name)
+    return _ENGINES[name]
+
+
+def _make(name: str):
     if name == "fit":
         from bncompare.engines.fit import FitEngine
 
@@ -49,11 +59,16 @@ class Group:
     note: str = ""  # why these runs train alone, when the group engine refused them
 
 
-def plan(runs: list[Run], backend: str) -> list[Group]:
-    """The runs grouped for training, in order of each group's first run."""
+def plan(runs: list[Run], backend: str, datasets: dict | None = None) -> list[Group]:
+    """The runs grouped for training, in order of each group's first run. With `datasets` (by
+    engines.common.data_key), group sizes are capped by device memory; without, by a default."""
+    from bncompare.engines.common import data_key
+
+    datasets = datasets or {}
     preferred = GROUP_ENGINE.get(backend)
     group_engine = _available(preferred)
     groups: dict[tuple, Group] = {}
+    caps: dict[tuple, int] = {}
     order: list[Group] = []
     for run in runs:
         engine, note = group_engine, ""
@@ -66,8 +81,10 @@ def plan(runs: list[Run], backend: str) -> list[Group]:
             order.append(Group("fit", [run], note))
             continue
         key = engine.group_key(run)
+        if key not in caps:  # once per key: the vmap engine builds a model to estimate memory
+            caps[key] = engine.max_members(run, datasets.get(data_key(run)))
         group = groups.get(key)
-        if group is None or len(group.runs) >= engine.max_members(run):
+        if group is None or len(group.runs) >= caps[key]:
             group = groups[key] = Group(engine.name)
             order.append(group)
         group.runs.append(run)

@@ -61,7 +61,7 @@ class FitEngine:
     def group_key(self, run: Run) -> tuple:
         return ("fit", run.experiment, run.run_id)  # a group of one
 
-    def max_members(self, run: Run) -> int:
+    def max_members(self, run: Run, data: Dataset | None = None) -> int:
         return 1
 
     def train(self, members: list[Member], data: Dataset) -> float:

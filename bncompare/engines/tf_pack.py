@@ -53,7 +53,7 @@ class TfPackEngine:
             "train.batch_size", "train.epochs", "train.steps", "record.eval_every", "train.seed")) + (
             params.get("record.eval_at_start", False), steps_per_execution(params, "tensorflow"))
 
-    def max_members(self, run: Run) -> int:
+    def max_members(self, run: Run, data: Dataset | None = None) -> int:
         return MAX_MEMBERS
 
     def train(self, members: list[Member], data: Dataset) -> float:

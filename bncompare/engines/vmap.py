@@ -49,7 +49,8 @@ from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
-from bncompare.train import EVAL_BATCH_SIZE, START_PROBE, make_optimizer, steps_per_execution
+from bncompare.engines.common import make_optimizer, steps_per_execution
+from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
 
 NAME = "vmap"
 # Target duration of one compiled training call (see the module docstring).
@@ -84,10 +85,6 @@ VERIFIED_KINDS = ("mlp",)
 VERIFIED_NORMS = (None, "none", "batch")
 
 
-def is_eval(schedule, step: int) -> bool:
-    """Whether `step` is an eval point (the lifecycle's Schedule has `is_eval`; this copy may not)."""
-    check = getattr(schedule, "is_eval", None)
-    return check(step) if check is not None else step in schedule.eval_steps
 
 
 class VmapEngine:
@@ -118,6 +115,8 @@ class VmapEngine:
             return f"model.norm={params.get('model.norm')}: not verified equal to fit under vmap"
         if params.get("model.bn_noise"):
             return "model.bn_noise: not verified equal to fit under vmap"
+        if params.get("model.bn_variance", "biased") != "biased":
+            return "model.bn_variance: unbiased inference statistics need a Keras model per member"
         if params.get("train.precision") == "mixed_float16":
             # fit wraps the optimizer in a LossScaleOptimizer for float16; this engine does not.
             return "train.precision=mixed_float16: needs loss scaling, which the vmap engine lacks"
@@ -138,12 +137,16 @@ class VmapEngine:
             params.pop("model.bn_epsilon", None)
         # Decay on or off changes the program (make_optimizer passes None for 0); its value does not.
         params["weight_decay_on"] = bool(run.params.get("train.weight_decay"))
-        params["train.steps_per_execution"] = steps_per_execution(run.params)
+        params["train.steps_per_execution"] = steps_per_execution(run.params, "jax")
         return tuple(sorted((key, _hashable(value)) for key, value in params.items()))
 
-    def max_members(self, run: Run, data: Dataset) -> int:
-        """How many such runs fit in one group on the default device (memory estimate)."""
+    def max_members(self, run: Run, data: Dataset | None = None) -> int:
+        """How many such runs fit in one group on the default device (memory estimate; without
+        the data, as for --dry-run, the CPU cap)."""
         import jax
+
+        if data is None:
+            return CPU_MAX_MEMBERS
 
         device = jax.devices()[0]
         per_member = member_bytes(run.params, data)
@@ -229,7 +232,7 @@ class _Group:
         self.params = params = members[0].run.params
         self.schedule = members[0].schedule  # equal for all: the group key holds its params
         self.batch = self.schedule.batch_size
-        self.per_execution = steps_per_execution(params)
+        self.per_execution = steps_per_execution(params, "jax")
         states = []
         for member in members:
             keras.utils.set_random_seed(member.run.seed)  # what a solo run draws
@@ -417,7 +420,7 @@ class _Group:
                 interrupts.check()
                 if not self.active.any():
                     return
-            if not is_eval(schedule, last):
+            if not schedule.is_eval(last):
                 continue
             val_loss, val_accuracy = self.evaluate(data.x_val, data.y_val)
             # record.train_eval: N: the first N training examples, inference mode, every point.
