@@ -21,7 +21,7 @@ from bncompare.backend import import_keras
 from bncompare.config import load_runs
 from bncompare.data import load_dataset
 from bncompare.models import build_model, loss_function
-from bncompare.train import make_optimizer
+from bncompare.engines.common import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

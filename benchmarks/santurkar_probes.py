@@ -27,7 +27,7 @@ from bncompare.data import Dataset, load_dataset
 from bncompare.models import build_model, loss_function
 from bncompare.probes import append_point, probe_blocks
 from bncompare.results import MetricsFile
-from bncompare.train import make_optimizer
+from bncompare.engines.common import make_optimizer
 
 
 def main() -> None:

@@ -79,7 +79,7 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
     """Train the K-run sweep with the vmap engine; print and return member-epochs per wall second."""
     from bncompare.data import load_dataset
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.train import Schedule
+    from bncompare.schedule import Schedule
 
     engine, runs = VmapEngine(), sweep_runs(members, epochs, limit)
     data = load_dataset("mnist", "test", limit)
@@ -109,7 +109,7 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
 def one_at_a_time(runs_wanted: int, epochs: int, limit: int | None) -> float:
     """Keras fit, one run after another (train.pack: off); return member-epochs per wall second."""
     from bncompare.data import load_dataset
-    from bncompare.train import train_and_evaluate
+    from bncompare.lifecycle import train_and_evaluate
 
     runs = sweep_runs(16, epochs, limit)
     runs = [runs[i] for i in sorted({round(i * 16 / runs_wanted) % 16 for i in range(runs_wanted)})]

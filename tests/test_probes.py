@@ -21,7 +21,7 @@ from bncompare.models import build_model, loss_function
 from bncompare.probes import (DEFAULT_FACTORS, append_point, current_weights, internal_covariate_shift,
                               keras_loss_and_gradients, landscape, optimizer_update, probe_blocks,
                               weight_layers)
-from bncompare.train import make_optimizer
+from bncompare.engines.common import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N, D, H, K = 12, 5, 4, 3  # examples, inputs, hidden units, outputs of the linear network

@@ -134,7 +134,7 @@ def train_alone(run: Run, learning_rate_factor: float = 1.0) -> list[dict[str, A
         loss += history["loss"][-1] * len(indices)
         correct += history["accuracy"][-1] * len(indices)
         examples += len(indices)
-        if last in schedule.eval_steps:
+        if schedule.is_eval(last):
             scores = model.evaluate(data.x_val, data.y_val, batch_size=1000, verbose=0,
                                     return_dict=True)
             points.append({"step": last, "loss": loss / examples, "accuracy": correct / examples,
