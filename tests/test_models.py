@@ -368,3 +368,45 @@ def test_impossible_model_configs_name_the_key(tmp_path, text, key, words):
         load_runs([path])
     assert key in str(error.value) and words in str(error.value)
     assert str(error.value).startswith(f"{path}:")
+
+
+BACKEND_CHECK = """
+import numpy as np, keras
+from bncompare.models import build_model, loss_function
+from bncompare.schema import SCHEMA
+params = {k: o.default for k, o in SCHEMA.items()}
+params.update({"model.width": 8, "model.depth": 2, "model.groups": 4, "model.ghost_batch_size": 4,
+               "train.seed": 0})
+x = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype("float32")
+y = np.arange(10) % 3
+for kind, norm in (("resmlp", "ghost"), ("rescnn", "group"), ("mlp", "renorm"), ("cnn", "rms")):
+    keras.utils.set_random_seed(0)
+    model = build_model(dict(params, **{"model.kind": kind, "model.norm": norm,
+                                        "model.skip_init": kind.startswith("res"),
+                                        "model.bn_noise": {"mean": 0.5, "std": 1.0}}), (8, 8, 1), 3)
+    model.compile(optimizer="adam", loss=loss_function(keras), run_eagerly=True)
+    loss = float(model.train_on_batch(x, y))
+    trainable = [v.value for v in model.trainable_variables]
+    state = [v.value for v in model.non_trainable_variables]
+    first, state = model.stateless_call(trainable, state, x, training=True)
+    second, state = model.stateless_call(trainable, state, x, training=True)
+    assert np.isfinite(loss) and not np.allclose(keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(second)), kind
+    test = model.stateless_call(trainable, state, x, training=False)[0]
+    assert np.allclose(keras.ops.convert_to_numpy(test), keras.ops.convert_to_numpy(model.stateless_call(trainable, state, x)[0]))
+print(keras.backend.backend(), "ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_new_layers_train_on_other_backends(backend):
+    """Ghost BN, noisy BN, SkipInit, group/RMS/renorm: one step and stateless calls elsewhere."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    done = subprocess.run([sys.executable, "-c", BACKEND_CHECK], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{backend} ok" in done.stdout
