@@ -93,7 +93,8 @@ def _normaliser(keras, params: dict[str, Any], name: str):
                              "dmax": clipping["dmax"]})
     if norm == "ghost":
         ghost = layer_classes()["GhostBatchNormalization"]
-        return ghost(_option(params, "model.ghost_batch_size"), momentum=momentum, epsilon=epsilon, name=name)
+        return ghost(_option(params, "model.ghost_batch_size"), momentum=momentum, epsilon=epsilon,
+                     name=name)
     if norm == "layer":
         if params["model.kind"] in CONVOLUTIONAL:
             # Ba et al. 2016 / Wu & He 2018: one mean and variance per example over all channels
@@ -101,14 +102,14 @@ def _normaliser(keras, params: dict[str, Any], name: str):
             return keras.layers.GroupNormalization(groups=1, epsilon=epsilon, name=name)
         return keras.layers.LayerNormalization(epsilon=epsilon, name=name)
     if norm == "group":
-        return keras.layers.GroupNormalization(groups=_option(params, "model.groups"), epsilon=epsilon,
-                                               name=name)
+        return keras.layers.GroupNormalization(groups=_option(params, "model.groups"),
+                                               epsilon=epsilon, name=name)
     if norm == "rms":
         return keras.layers.RMSNormalization(epsilon=epsilon, name=name)
     raise ValueError(f"unknown normaliser {norm!r}")
 
 
-def _pre_activation(keras, params: dict[str, Any], x, index: int):
+def _normalised_activation(keras, params: dict[str, Any], x, index: int):
     """[norm] -> activation -> [norm] for hidden layer `index`, placed as bn_placement says, with
     the noise of noisy BN right after the normaliser."""
     norm = norm_of(params)
@@ -163,8 +164,10 @@ def _pool(keras, x, index: int):
 def _hidden_layer(keras, params: dict[str, Any], x, index: int, size: int):
     """weights -> [norm] -> activation -> [norm] -> [dropout], the norm placed as the config says."""
     before = params["model.bn_placement"] == "before_activation"
-    x = _weights(keras, params, size, index, use_bias=not (before and norm_of(params) in BATCH_NORMS))(x)
-    x = _pre_activation(keras, params, x, index)
+    # A bias right before a batch-statistics normaliser is redundant: its beta replaces it.
+    use_bias = not (before and norm_of(params) in BATCH_NORMS)
+    x = _weights(keras, params, size, index, use_bias)(x)
+    x = _normalised_activation(keras, params, x, index)
     if params["model.dropout"] > 0:
         x = keras.layers.Dropout(params["model.dropout"], name=f"dropout_{index}")(x)
     return x
@@ -201,7 +204,7 @@ def _residual(keras, params: dict[str, Any], x):
                                        name=f"proj_{block}"))(skip)
         branch = x
         for index in (first, first + 1):
-            branch = _pre_activation(keras, params, branch, index)
+            branch = _normalised_activation(keras, params, branch, index)
             branch = _weights(keras, params, sizes[index - 1], index)(branch)
             if params["model.dropout"] > 0:
                 branch = keras.layers.Dropout(params["model.dropout"], name=f"dropout_{index}")(branch)
@@ -212,7 +215,7 @@ def _residual(keras, params: dict[str, Any], x):
             x = _pool(keras, x, block)
     # The stream is a sum of unnormalised branches: normalise and activate it once before the
     # classifier, as pre-activation ResNets do (its layers are numbered after the last block's).
-    x = _pre_activation(keras, params, x, len(sizes) + 1)
+    x = _normalised_activation(keras, params, x, len(sizes) + 1)
     return keras.layers.Flatten(name="flatten")(x) if convolutional else x
 
 
