@@ -410,3 +410,10 @@ def test_new_layers_train_on_other_backends(backend):
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{backend} ok" in done.stdout
+
+
+def test_instruments_know_every_model_kind():
+    from bncompare.instruments import PROBE_EXAMPLES
+    from bncompare.schema import MODEL_KINDS
+
+    assert set(PROBE_EXAMPLES) == set(MODEL_KINDS)
