@@ -10,6 +10,7 @@ value, ``--set``. A ``--set`` of a swept key replaces that sweep axis with the o
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import itertools
@@ -338,7 +339,7 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
     norm = norm_of(params)
     for key, owner in NORM_OPTIONS.items():
         if norm != owner:
-            params[key] = SCHEMA[key].default
+            params[key] = copy.deepcopy(SCHEMA[key].default)
     sizes = layer_sizes(params)
     size_key = "model.hidden" if params["model.hidden"] else "model.depth"
     kind = params["model.kind"]
