@@ -1,5 +1,30 @@
-"""`python -m bncompare` is the same as the `bncompare` command."""
+"""The `bncompare` command (and `python -m bncompare`): signal handlers first, then the CLI.
 
-from bncompare.cli import app
+The handlers go in before anything heavy is imported, so that Ctrl-C or SIGTERM at any moment of
+start-up exits 130 quietly instead of printing a KeyboardInterrupt traceback or dying with 143.
+"""
 
-app(prog_name="bncompare")
+import sys
+
+
+def main() -> None:
+    """Entry point of the `bncompare` console script."""
+    from bncompare import interrupts
+
+    interrupts.install()
+    code: object = 0
+    try:
+        from bncompare.cli import app
+
+        app(prog_name="bncompare")
+    except SystemExit as e:
+        code = e.code
+    except KeyboardInterrupt:  # a second Ctrl-C outside any handler of the command's own
+        code = interrupts.EXIT_INTERRUPTED
+    if code in (0, None) and interrupts.requested():  # a stop request is never reported as success
+        code = interrupts.EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

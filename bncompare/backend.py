@@ -43,21 +43,69 @@ def select_device(device: str) -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+# Threads per process for the operations inside a layer (matmul, reductions). One, always: how a
+# framework splits a sum across threads changes its rounding, and BN training amplifies rounding
+# differences about 2,000x (README, "Reproducibility"), so a run must not learn something else
+# because it ran beside others (--jobs, Ray) or on a machine with more cores. Independent
+# operations still run in parallel (TensorFlow's inter-op pool: the members of a pack).
+# BNCOMPARE_THREADS overrides it, e.g. for one big CNN alone on a many-core machine.
+THREADS_VARIABLE = "BNCOMPARE_THREADS"
+
+
+def threads() -> int:
+    """Intra-op threads each training process uses."""
+    try:
+        return max(1, int(os.environ.get(THREADS_VARIABLE, "1")))
+    except ValueError:
+        return 1
+
+
 def import_keras():
-    """Import Keras (and so its backend) with the quiet settings above."""
+    """Import Keras (and so its backend) with the quiet, reproducible settings above."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" not in sys.modules:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        n = str(threads())
+        # Set before the framework starts its thread pools; TensorFlow and PyTorch below.
+        os.environ.setdefault("OMP_NUM_THREADS", n)
+        if backend == "jax":  # XLA's CPU client only; a GPU's kernels are not affected
+            flags = os.environ.get("XLA_FLAGS", "")
+            if "intra_op_parallelism_threads" not in flags:
+                os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen=false "
+                                           f"intra_op_parallelism_threads={n}").strip()
         try:
             with _without_native_logs():
                 import keras  # noqa: F401
         except ImportError as e:  # e.g. KERAS_BACKEND=jax without jax installed
-            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
             raise DeviceError(f"the Keras backend {backend!r} cannot be imported ({e}); "
                               f"install it (pip install {backend}) or choose another "
                               f"with --backend") from None
+        _configure(sys.modules["keras"].backend.backend(), int(n))
     import keras
 
     return keras
+
+
+def _configure(backend: str, n: int) -> None:
+    """Pin intra-op threads and silence the framework's Python-side warnings (retracing notes)."""
+    if backend == "tensorflow":
+        import logging
+
+        import tensorflow as tf
+
+        tf.get_logger().setLevel(logging.ERROR)  # "N out of the last N calls ... retracing"
+        # Grappler rewrites each graph as a whole (fusions, folding), so the same layer computes
+        # differently inside a packed loop and inside fit's step: measured on a BN CNN, 1e-7 after
+        # 3 steps, then amplified by BN's chaos. Without it, every path runs the same kernels.
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        except RuntimeError:  # TensorFlow already ran an op in this process: too late to change
+            pass
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(n)
 
 
 @contextmanager

@@ -16,16 +16,27 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperOption
 
-from bncompare import __version__
+from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
 from bncompare.config import ConfigError, Run, load_runs, varying_keys
 
 app = typer.Typer(
     help="Train networks with and without Batch Normalization from a YAML config, and compare them.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
+
+
+def _flag_type(option: TyperOption, ctx) -> str | None:
+    """No `<bool>` after a flag in --help: a flag takes no value (Typer shows one for every option)."""
+    return None if option.is_flag else _option_type(option, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -55,15 +66,38 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def main(ctx: typer.Context,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """Train networks with and without Batch Normalization from a YAML config, and compare them."""
+    # The console script installs the signal handlers before importing this module; in-process
+    # callers (tests, `app()` from Python) get them here, for this command only.
+    if interrupts.install():
+        ctx.call_on_close(interrupts.uninstall)
+    if ctx.invoked_subcommand == "run":  # from here on a first Ctrl-C stops at a safe point
+        interrupts.defer()
+    previous = terminal.protect_stdout()  # `bncompare run ... | head`: see terminal.DroppingStream
+    ctx.call_on_close(lambda: terminal.restore_stdout(previous))
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error to stderr; the caller raises the returned Exit."""
+    message = terminal.printable(message, newlines=False)
+    if len(message) > 2000:  # a key of a megabyte is echoed as much as a user can read
+        message = f"{message[:1000]}... ({len(message):,} characters)"
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def _results_root(out: Path) -> Path:
+    """--out must be a directory or a path where one can be made: checked before anything loads."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "is a file" if folder.is_file() else "exists and is not a directory"
+                raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
+            break
+    return out
 
 
 def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
@@ -73,18 +107,21 @@ def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
         raise fail(str(e)) from None
 
 
-def print_runs(runs: list[Run]) -> None:
-    """The expanded run list with the params that differ between runs.
+def print_runs(runs: list[Run], training: dict[int, str] | None = None) -> None:
+    """The expanded run list with the params that differ between runs, and (`training`, by
+    id(run)) how each will train: its engine group, or why it trains alone.
 
     A table in a terminal; in a pipe, one `experiment/run_id key=value ...` line per run, which
     shell scripts can grep and cut.
     """
     keys = varying_keys(runs)
+    training = training or {}
     if not stdout.is_terminal:
         for run in runs:
             values = " ".join(f"{k}={json.dumps(run.params[k])}" for k in keys)
+            how = f" engine={json.dumps(training[id(run)])}" if id(run) in training else ""
             stdout.print(f"{run.experiment}/{run.run_id} variant={run.variant} {values} "
-                         f"seed={run.seed}".replace("  ", " "), soft_wrap=True)
+                         f"seed={run.seed}{how}".replace("  ", " "), soft_wrap=True)
         return
     experiments = sorted({r.experiment for r in runs})
     table = Table(header_style="bold", title_justify="left",
@@ -95,17 +132,34 @@ def print_runs(runs: list[Run]) -> None:
         table.add_column("experiment")
     for key in keys:
         table.add_column(key, overflow="fold")
+    if training:
+        table.add_column("trains", overflow="fold")
     for run in runs:
         table.add_row(run.run_id, *([run.experiment] if len(experiments) > 1 else []),
-                      *(json.dumps(run.params[k]) for k in keys))
+                      *(json.dumps(run.params[k]) for k in keys),
+                      *([training.get(id(run), "")] if training else []))
     stdout.print(table)
+
+
+def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
+    """How each run will train, by id(run): "tf_pack 1 (4 runs)", "fit (train.pack: off)"..."""
+    from bncompare import engines
+
+    described = {}
+    for number, group in enumerate(engines.plan(runs, backend), start=1):
+        text = (f"{group.engine} group {number} ({len(group.runs)} runs)" if len(group.runs) > 1
+                else f"{group.engine} alone" + (f" ({group.note})" if group.note else ""))
+        for run in group.runs:
+            described[id(run)] = text
+    return described
 
 
 @app.command()
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
-    out: Annotated[Path, typer.Option("--out", help="Results root directory.")] = Path("results"),
+    out: Annotated[Path, typer.Option("--out", callback=_results_root,
+                                      help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
@@ -122,13 +176,27 @@ def run(
     """
     runs = _load(configs, overrides)
     if dry_run:
-        print_runs(runs)
+        import os
+
+        print_runs(runs, training_plan(runs, backend.value if backend else
+                                       os.environ.get("KERAS_BACKEND", "tensorflow")))
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay
+    from bncompare.skipping import unfinished
 
+    if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
+        from bncompare.lifecycle import Outcome, finished_record
+
+        outcomes = []
+        for one in runs:
+            done = finished_record(out / one.experiment / one.run_id) or {}
+            outcomes.append(Outcome(one, "skipped", done.get("final") or {},
+                                    f"already {done.get('status', 'finished')}"))
+        PlainDisplay(stdout, out, quiet).summary(outcomes)
+        raise typer.Exit(runner.exit_code(outcomes))
     try:  # everything the user must fix fails here, before anything is written
         select_backend(backend.value if backend else None)
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
@@ -161,11 +229,14 @@ def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, addre
         import_ray()
         if address is None:  # a local Ray instance reads the same data as we do
             runner.load_data(runs)
+            runner.release_data()
         return None
     if jobs == 1:
         return runner.prepare(runs, device.value)
-    # The workers import the backend; importing it here would hold GPU memory they need.
+    # The workers import the backend; importing it here would hold GPU memory they need. The data
+    # is loaded once to fail early, then released: the workers load their own copies.
     runner.load_data(runs)
+    runner.release_data()
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
     return None
@@ -181,44 +252,87 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
         return execute_ray(runs, out, display, address=address, device=device.value, force=force)
     if jobs > 1:
         return parallel.execute_parallel(runs, out, display, jobs=jobs, device=device.value, force=force)
-    return runner.execute(runs, out, prepared, display, force=force), False
+    return runner.execute(runs, out, prepared, display, force=force)
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="CONFIG.yaml",
-                                                    help="Experiment config file (YAML).")],
-             overrides: Overrides = None) -> None:
-    """Check a config and print the runs it expands to. Exit code 2 when it is invalid."""
-    runs = _load([config], overrides)
-    stdout.print(f"{config}: valid")
-    print_runs(runs)
+def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
+    """Check configs and print the runs each expands to. Exit code 2 when any is invalid."""
+    invalid = 0
+    for config in configs:
+        try:
+            runs = load_runs([config], overrides)
+        except ConfigError as e:
+            fail(str(e))
+            invalid += 1
+            continue
+        stdout.print(f"{escape(terminal.printable(str(config)))}: valid", soft_wrap=True)
+        print_runs(runs)
+    if invalid:
+        if len(configs) > 1:
+            stderr.print(f"{invalid} of {len(configs)} configs are invalid", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
 
 
-Metric = _choices("Metric", ("val_accuracy", "val_loss", "accuracy", "loss"))
 XAxis = _choices("XAxis", ("epoch", "step", "time"))
 ImageFormat = _choices("ImageFormat", ("png", "svg", "pdf"))
 TableFormat = _choices("TableFormat", ("table", "csv", "json", "markdown"))
+SummaryFormat = _choices("SummaryFormat", ("table", "csv", "json", "markdown", "latex"))
 
 
 ResultsDir = Annotated[Path, typer.Argument(
     metavar="RESULTS_DIR", help="A results root, one experiment's directory, or one run's directory.")]
+IncludeRunning = Annotated[bool, typer.Option(
+    "--include-running", help="Use runs still training too (their curves so far), to watch a sweep.")]
+Where = Annotated[Optional[list[str]], typer.Option(
+    "--where", metavar="KEY=VALUE", help="Only runs whose param KEY has VALUE (YAML-typed; KEY may be "
+    "a full key, its last part, variant or experiment; repeatable: all must match).")]
+ExperimentName = Annotated[Optional[str], typer.Option(
+    "--experiment", metavar="NAME", help="Only the runs of this experiment.")]
+MetricName = Annotated[str, typer.Option(
+    "--metric", metavar="METRIC", help="Any metric in the runs' history: val_accuracy, val_loss, "
+    "accuracy, loss, val_accuracy_precise, train_eval_loss...")]
+Reduce = Annotated[str, typer.Option(
+    "--reduce", metavar="final|best|last:K", help="One number per run: the final value, the best "
+    "(lowest for losses), or the mean of the last K eval points.")]
 
 
-def _results(root: Path):
-    """The finished runs under `root`, after one warning per skipped run; exit 2 when none."""
-    from rich.markup import escape
-
-    from bncompare.aggregate import NoResults, load
+def _results(root: Path, include_running: bool = False, where: list[str] | None = None,
+             experiment: str | None = None, metric: str | None = None):
+    """The usable runs under `root`, after one warning per skipped run; exit 2 when none, or when a
+    filter or the metric names nothing in them."""
+    from bncompare.aggregate import BadFilter, NoResults, check_metric, load
 
     try:
-        results = load(root)
-    except NoResults as e:
-        raise fail(escape(str(e))) from None
+        results = load(root, include_running=include_running, where=where or (), experiment=experiment)
+    except (NoResults, BadFilter) as e:
+        raise fail(str(e)) from None
     for path, reason in results.skipped:
-        stderr.print(f"[yellow]warning:[/] skipped {escape(str(path))}: {escape(reason)}", soft_wrap=True)
+        # Names read from disk may hold terminal escapes: print them as text, not as commands.
+        stderr.print(f"[yellow]warning:[/] skipped {escape(_printable(str(path)))}: "
+                     f"{escape(_printable(reason))}", soft_wrap=True)
     if not results.experiments:
-        raise fail(f"{escape(str(root))}: no finished runs (skipped all {len(results.skipped)})")
+        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)})")
+    if metric is not None:
+        try:
+            check_metric(results, metric)
+        except BadFilter as e:
+            raise fail(str(e)) from None
     return results
+
+
+def _printable(text: str) -> str:
+    """Control characters (escape sequences, newlines) shown as escapes."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _reduction(text: str):
+    from bncompare.aggregate import BadFilter, Reduction
+
+    try:
+        return Reduction.parse(text)
+    except BadFilter as e:
+        raise fail(str(e)) from None
 
 
 def _skipped_note(results) -> str:
@@ -226,41 +340,8 @@ def _skipped_note(results) -> str:
     return f"; skipped {n} unfinished or unreadable run{'s' * (n != 1)} (warnings above)" if n else ""
 
 
-@app.command()
-def plot(
-    results_dir: ResultsDir,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
-    metric: Annotated[Metric, typer.Option("--metric", help="Main metric: its curves come first; "
-                                           "sweep plots show its final and best value.")] = Metric.val_accuracy,
-    x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
-    image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
-) -> None:
-    """Draw learning curves, sweep plots and recorded internals for every experiment in RESULTS_DIR.
-
-    Runs still running, failed or unreadable are skipped with a warning; diverged runs are marked.
-    """
-    results = _results(results_dir)
-    from bncompare.plots import plot_results
-
-    written = plot_results(results, metric.value, x.value, image_format.value, out)
-    for path in written:
-        stdout.print(str(path), soft_wrap=True)
-    stdout.print(f"{len(written)} figure{'s' * (len(written) != 1)} from {results.runs} "
-                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
-
-
-@app.command()
-def summary(
-    results_dir: ResultsDir,
-    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
-) -> None:
-    """Print one row per condition (runs differing only in seed): val accuracy mean ± std, best,
-    training time and status counts. Skipped runs are reported on stderr."""
-    results = _results(results_dir)
-    from bncompare.summary import render
-
-    rendered = render(results, table_format.value)
+def _print_rendered(rendered) -> None:
+    """A string as it is; a rich table at its full width when stdout is not a terminal."""
     if isinstance(rendered, str):
         typer.echo(rendered)
     elif stdout.is_terminal:
@@ -268,8 +349,96 @@ def summary(
     else:  # a pipe or a file: rich would wrap the cells at 80 columns; give the table its width
         width = stdout.measure(rendered, options=stdout.options.update_width(1000)).maximum
         Console(width=width, highlight=False).print(rendered)
+
+
+@app.command()
+def plot(
+    results_dir: ResultsDir,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
+    metric: MetricName = "val_accuracy",
+    x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
+    image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
+    seeds: Annotated[bool, typer.Option("--seeds", help="Draw each seed's own curve under the mean.")] = False,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Draw learning curves, sweep plots and recorded internals for every experiment in RESULTS_DIR.
+
+    --metric's curves come first and sweep plots show its final and best value. Runs still running,
+    failed or unreadable are skipped with a warning; diverged runs are marked. Exit code 2 when the
+    figures cannot be written (read-only or full disk: use --out).
+    """
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.plots import PlotWriteError, plot_results
+
+    def note(message: str) -> None:
+        stderr.print(f"[yellow]note:[/] {escape(_printable(message))}", soft_wrap=True)
+
+    try:
+        written = plot_results(results, metric, x.value, image_format.value, out, seeds, note)
+    except PlotWriteError as e:
+        raise fail(f"cannot write figures to {e.folder} ({e.reason}); "
+                   f"write them elsewhere with --out DIR") from None
+    for path in written:
+        stdout.print(escape(str(path)), soft_wrap=True)
+    stdout.print(f"{len(written)} figure{'s' * (len(written) != 1)} from {results.runs} "
+                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def summary(
+    results_dir: ResultsDir,
+    table_format: Annotated[SummaryFormat, typer.Option("--format", help="Output format.")] = SummaryFormat.table,
+    metric: MetricName = "val_accuracy",
+    reduce: Reduce = "final",
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Print one row per condition (runs differing only in seed): the metric's mean ± std over
+    seeds, its best, training time and status counts. Skipped runs are reported on stderr."""
+    reduction = _reduction(reduce)
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.summary import render
+
+    _print_rendered(render(results, table_format.value, metric, reduction))
     if results.skipped:
-        stderr.print(f"{results.runs} runs summarised{_skipped_note(results)}.", soft_wrap=True)
+        stderr.print(f"{results.runs} run{'s' * (results.runs != 1)} summarised"
+                     f"{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    results_dir: ResultsDir,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", metavar="VARIANT", help="The variant others are compared with (default: one "
+        "named like no_bn, else the first).")] = None,
+    metric: MetricName = "val_accuracy",
+    reduce: Reduce = "final",
+    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Paired comparison by seed of each variant with the baseline, per condition: mean difference
+    (variant − baseline) with its 95% t-interval, paired t-test p-value, wins and diverged seeds."""
+    reduction = _reduction(reduce)
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.aggregate import BadFilter
+    from bncompare.compare import render, rows
+
+    try:
+        records = rows(results, metric, reduction, baseline)
+    except BadFilter as e:
+        raise fail(str(e)) from None
+    if not records:
+        raise fail(f"{results_dir}: nothing to compare (one variant only: "
+                   f"{', '.join(results.variants)})")
+    _print_rendered(render(results, records, table_format.value))
+    if results.skipped:
+        stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

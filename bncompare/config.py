@@ -18,15 +18,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from bncompare.schema import DEFAULT_VARIANTS, SCHEMA, SECTIONS, STRUCTURE_KEYS
+from bncompare.schema import DEFAULT_VARIANTS, MAX_STEPS, SCHEMA, SECTIONS, STRUCTURE_KEYS
 
 # Training examples per dataset, so that an impossible train_limit is caught before any data loads.
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "synthetic": 2_000}
-VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_.]+")  # use with fullmatch: `$` matches before a final newline
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Keys that make no sense to vary per variant or sweep: seeds are their own axis.
 NOT_VARIABLE = ("name", "train.seeds")
 
@@ -75,45 +76,123 @@ class Experiment:
     sweep: dict[str, list[Any]]
     set_keys: list[str] = field(default_factory=list)
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    # Where each given value came from, as the `file:line: key` (or `--set ...`) error prefix:
+    # ("base", key), ("variant", name, key), ("sweep", key), ("set", key).
+    origins: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 # ---- YAML with line numbers -------------------------------------------------------------------
 
+# Bounds on what a config file may be, so that a hostile or broken file fails in a second with a
+# one-line error instead of a traceback or an out-of-memory kill. Real configs are a few hundred
+# bytes, a few dozen values and 3 levels deep.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_VALUES = 100_000  # YAML nodes once aliases are expanded ("billion laughs": 861 bytes, 4 GB)
+MAX_NESTING = 32
+MAX_DIGITS = 30  # integers longer than this are typos; Python refuses to read 4,300 digits anyway
+MAX_RUNS = 100_000  # runs one config may expand to
+MAX_NAME = 120  # characters in an experiment name, a variant name or a run id (one path component)
+INT_TAG = "tag:yaml.org,2002:int"
 
-def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict, source: str) -> None:
-    """Record the line of every mapping key; reject duplicate keys (YAML silently keeps the last)."""
+
+def _check_nodes(root: yaml.Node, source: str, lines: dict) -> None:
+    """Record the line of every mapping key; reject duplicate keys (YAML silently keeps the last),
+    recursive aliases, nesting deeper than MAX_NESTING, more than MAX_VALUES values once aliases
+    are expanded, and integers too long to be meant.
+
+    Walks the node graph once, without expanding aliases: a node reached again through an alias is
+    not walked again, only counted by the size it expands to.
+    """
+    expanded: dict[int, int] = {}  # id(node) -> values it expands to, once walked
+    walking: set[int] = set()  # the nodes on the current path: reaching one again is a cycle
+    stack: list[tuple[yaml.Node, tuple[str, ...], int, bool]] = [(root, (), 0, False)]
+    while stack:
+        node, path, depth, done = stack.pop()
+        ident = id(node)
+        children = _children(node)
+        if done:
+            walking.discard(ident)
+            expanded[ident] = 1 + sum(expanded[id(child)] for child in children)
+            if expanded[ident] > MAX_VALUES:
+                raise ConfigError(f"{source}: expands to more than {MAX_VALUES:,} values "
+                                  f"(aliases repeating aliases?); a config needs a few dozen")
+            continue
+        line = node.start_mark.line + 1
+        if ident in expanded:
+            continue
+        if ident in walking:
+            raise ConfigError(f"{source}:{line}: {'.'.join(path) or 'config'}: an alias refers to "
+                              f"itself (a recursive alias)")
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{source}:{line}: nested more than {MAX_NESTING} levels deep")
+        if isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG and len(node.value) > MAX_DIGITS:
+            raise ConfigError(f"{source}:{line}: {'.'.join(path) or 'value'}: a number of "
+                              f"{len(node.value):,} digits is not a config value")
+        walking.add(ident)
+        stack.append((node, path, depth, True))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                key_path = path + (key,)
+                if key in seen:
+                    raise ConfigError(f"{source}:{key_node.start_mark.line + 1}: "
+                                      f"{'.'.join(key_path)}: key given twice")
+                seen.add(key)
+                lines.setdefault(key_path, key_node.start_mark.line + 1)
+                stack.append((key_node, key_path, depth + 1, False))
+                stack.append((value_node, key_path, depth + 1, False))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path, depth + 1, False) for item in node.value)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise ConfigError(f"{source}:{line}: {'.'.join(path + (key,))}: key given twice")
-            seen.add(key)
-            lines[path + (key,)] = line
-            _key_lines(value_node, path + (key,), lines, source)
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML text within the bounds above; return the data and the line of each key path."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: more than {MAX_CONFIG_BYTES:,} characters; a config needs a "
+                          f"few hundred")
+    lines: dict[tuple[str, ...], int] = {}
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here already
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        _check_nodes(node, source, lines)
+        return loader.construct_document(node), lines
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """Parse a YAML file; return the data and the line of each key path."""
+    """Parse a YAML config file; return the data and the line of each key path."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():  # a FIFO or a device would hang the read or never end
+            raise ConfigError(f"{path}: not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    lines: dict[tuple[str, ...], int] = {}
-    if node is not None:
-        _key_lines(node, (), lines, str(path))
-    return data, lines
+    return parse_yaml(text, str(path))
 
 
 # ---- parsing ------------------------------------------------------------------------------------
@@ -135,9 +214,32 @@ class _Where:
         return f"{prefix}: {key if key is not None else '.'.join(path)}"
 
 
+# The short names run ids show (`lr0.1`, `bs64`, `nobn`), as users may type them: `train.lr`.
+SHORT_NAMES = {f"{key.rsplit('.', 1)[0]}.{option.short}": key for key, option in SCHEMA.items()
+               if option.short and "." in key and not key.endswith("." + option.short)}
+
+
 def _unknown_key(key: str, candidates: list[str]) -> str:
+    if key in SHORT_NAMES:  # a config names each key one way: its full name
+        real = SHORT_NAMES[key]
+        return (f"unknown key (did you mean {real}? {key.rsplit('.', 1)[-1]} is its short name "
+                f"in run ids)")
     close = difflib.get_close_matches(key, candidates, n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def _is_dots(name: str) -> bool:
+    """`.`, `..`: names that a path would read as this or the parent directory."""
+    return set(name) <= {"."}
+
+
+def check_name(name: str, what: str, allowed: re.Pattern, letters: str) -> str | None:
+    """Why `name` cannot name a directory, or None when it can."""
+    if not allowed.fullmatch(name) or _is_dots(name):
+        return f"use {letters} only, not only dots (it names a directory), got {name!r}"
+    if len(name) > MAX_NAME:
+        return f"at most {MAX_NAME} characters (it names a directory), got {len(name)}"
+    return None
 
 
 def check_value(key: str, value: Any, where: str) -> Any:
@@ -161,13 +263,18 @@ def _flatten(mapping: Any, where: _Where, path: tuple[str, ...], prefix: str = "
         dotted = f"{prefix}{key}"
         if dotted not in SCHEMA and isinstance(value, dict) and any(
                 k.startswith(dotted + ".") for k in SCHEMA):
-            out.update(_flatten(value, where, path + (str(key),), dotted + "."))
+            items = _flatten(value, where, path + (str(key),), dotted + ".").items()
         else:
-            out[dotted] = (value, path + (str(key),))
+            items = [(dotted, (value, path + (str(key),)))]
+        for flat, (flat_value, flat_path) in items:
+            if flat in out:  # `model: {hidden: [8]}` and `model.hidden: [4]` side by side
+                raise ConfigError(f"{where(flat_path, '.'.join(flat_path))}: given twice (also as "
+                                  f"{where(out[flat][1], '.'.join(out[flat][1]))})")
+            out[flat] = (flat_value, flat_path)
     return out
 
 
-def _parse_variants(raw: Any, where: _Where) -> dict[str, dict[str, Any]]:
+def _parse_variants(raw: Any, where: _Where, origins: dict | None = None) -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -176,17 +283,24 @@ def _parse_variants(raw: Any, where: _Where) -> dict[str, dict[str, Any]]:
     for name, overrides in raw.items():
         name = str(name)
         path = ("variants", name)
-        if not VARIANT_NAME.match(name):
-            raise ConfigError(f"{where(path)}: variant names may use letters, digits, _ and . only")
+        if not VARIANT_NAME.fullmatch(name) or _is_dots(name):
+            raise ConfigError(f"{where(path)}: variant names may use letters, digits, _ and . only, "
+                              f"and not only dots")
+        if len(name) > MAX_NAME // 2:  # it starts every run id, which has MAX_NAME characters
+            raise ConfigError(f"{where(path)}: variant names have at most {MAX_NAME // 2} "
+                              f"characters, got {len(name)}")
         variants[name] = {}
         for key, (value, key_path) in _flatten(overrides or {}, where, path).items():
+            label = where(key_path, f"variants.{name}.{key}")
             if key in NOT_VARIABLE:
-                raise ConfigError(f"{where(key_path, f'variants.{name}.{key}')}: cannot vary per variant")
-            variants[name][key] = check_value(key, value, where(key_path, f"variants.{name}.{key}"))
+                raise ConfigError(f"{label}: cannot vary per variant")
+            variants[name][key] = check_value(key, value, label)
+            if origins is not None:
+                origins[("variant", name, key)] = label
     return variants
 
 
-def _parse_sweep(raw: Any, where: _Where) -> dict[str, list[Any]]:
+def _parse_sweep(raw: Any, where: _Where, origins: dict | None = None) -> dict[str, list[Any]]:
     if raw is None:
         return {}
     sweep: dict[str, list[Any]] = {}
@@ -204,19 +318,29 @@ def _parse_sweep(raw: Any, where: _Where) -> dict[str, list[Any]]:
         if len(set(canonical)) != len(canonical):
             raise ConfigError(f"{label}: a value is listed twice")
         sweep[key] = checked
+        if origins is not None:
+            origins[("sweep", key)] = label
     return sweep
+
+
+def set_label(text: str) -> str:
+    """`--set KEY=VALUE` as error messages name it: whole unless it is too long to read."""
+    return f"--set {text}" if len(text) <= 100 else f"--set {text[:60]}... ({len(text):,} characters)"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.learning_rate=0.1` -> ("train.learning_rate", 0.1); the value is read as YAML."""
     key, sep, raw = text.partition("=")
     key = key.strip()
+    label = set_label(text)
     if not sep or not key:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set train.learning_rate=0.1")
+        raise ConfigError(f"{label}: expected KEY=VALUE, e.g. --set train.learning_rate=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {text}: the value is not valid YAML") from None
+        value = parse_yaml(raw, label)[0] if raw.strip() else None
+    except ConfigError as e:
+        if "invalid YAML" in str(e):
+            raise ConfigError(f"{label}: the value is not valid YAML") from None
+        raise ConfigError(str(e).replace(f"{label}:1: ", f"{label}: ", 1)) from None
     return key, value
 
 
@@ -231,8 +355,17 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
 
     base = {key: option.default for key, option in SCHEMA.items()}
+    origins: dict[tuple[str, ...], str] = {}
     raw_variants: Any = DEFAULT_VARIANTS
     raw_sweep: Any = None
+    given: dict[str, str] = {}  # dotted key -> where the file gives it, to catch it given twice
+
+    def set_base(dotted: str, value: Any, label: str) -> None:
+        if dotted in given:  # `model: {hidden: [8]}` and `model.hidden: [4]`: not last-wins
+            raise ConfigError(f"{label}: given twice (also as {given[dotted]})")
+        given[dotted] = origins[("base", dotted)] = label
+        base[dotted] = check_value(dotted, value, label)
+
     for key, value in data.items():
         key = str(key)
         if key == "variants":
@@ -241,26 +374,26 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             raw_sweep = value
         elif key in SECTIONS:
             for dotted, (v, key_path) in _flatten(value, where, (key,), key + ".").items():
-                base[dotted] = check_value(dotted, v, where(key_path, dotted))
+                set_base(dotted, v, where(key_path, dotted))
         elif key in SCHEMA:
-            base[key] = check_value(key, value, where((key,)))
+            set_base(key, value, where((key,)))
         else:
             candidates = list(SCHEMA) + list(SECTIONS) + list(STRUCTURE_KEYS)
             raise ConfigError(f"{where((key,))}: {_unknown_key(key, candidates)}")
-    variants = _parse_variants(raw_variants, where)
-    sweep = _parse_sweep(raw_sweep, where)
+    variants = _parse_variants(raw_variants, where, origins)
+    sweep = _parse_sweep(raw_sweep, where, origins)
 
     set_keys: list[str] = []
     for text in overrides or []:
         key, value = parse_override(text)
-        label = f"--set {text}"
+        label = set_label(text)
         if key.startswith("sweep."):
             swept = key[len("sweep."):]
-            sweep.update(_parse_sweep({swept: value}, _Where(label, {})))
+            sweep.update(_parse_sweep({swept: value}, _Where(label, {}), origins))
         elif key == "variants" or key.startswith("variants."):
             name, _, option = key[len("variants."):].partition(".")
             raw = value if key == "variants" else {name: ({option: value} if option else value)}
-            parsed = _parse_variants(raw, _Where(label, {}))
+            parsed = _parse_variants(raw, _Where(label, {}), origins)
             if key == "variants":
                 variants = parsed
             else:
@@ -269,6 +402,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             if key in SECTIONS:
                 raise ConfigError(f"{label}: name one key, e.g. --set {key}.{_first_option(key)}=...")
             base[key] = check_value(key, value, label)
+            origins[("set", key)] = label
             sweep.pop(key, None)  # the command line wins: a set key is no longer swept
             if key not in set_keys and key not in NOT_VARIABLE:
                 set_keys.append(key)
@@ -279,11 +413,12 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
                 raise ConfigError(f"{where(('variants', name, key), f'variants.{name}.{key}')}: "
                                   f"also swept; set it in one place")
     name = base.pop("name") or path.stem
-    if not re.match(r"^[A-Za-z0-9_.-]+$", name):
-        raise ConfigError(f"{where(('name',), 'name')}: use letters, digits, _, . and - only "
-                          f"(it names a directory), got {name!r}")
+    problem = check_name(name, "name", EXPERIMENT_NAME, "letters, digits, _, . and -")
+    if problem:
+        label = "name" if "name" in given or ("set", "name") in origins else "name (the file's name)"
+        raise ConfigError(f"{origins.get(('set', 'name')) or where(('name',), label)}: {problem}")
     experiment = Experiment(name=name, source=str(path), base=base, variants=variants, sweep=sweep,
-                            set_keys=set_keys, lines=lines)
+                            set_keys=set_keys, lines=lines, origins=origins)
     expand(experiment)  # resolve every run now, so impossible combinations fail before anything runs
     return experiment
 
@@ -302,14 +437,28 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
     elif params["train.epochs"] is None:
         raise ConfigError(f"{where(('train',), 'train.epochs')}: set train.epochs or train.steps")
     limit, dataset = params["data.train_limit"], params["data.dataset"]
+    in_variant = f" (variant {variant})" if variant else ""
     available = TRAIN_SIZES[dataset]
-    if params["data.validation"] != "test":
-        available = int(available * (1 - params["data.validation"]))
+    validation = params["data.validation"]
+    if validation != "test":
+        held_out = int(round(available * validation))  # as data.load_dataset splits
+        if held_out < 1 or held_out >= available:
+            raise ConfigError(f"{where(('data', 'validation'), 'data.validation')}: {validation:g} "
+                              f"of the {available} training examples of {dataset} leaves "
+                              f"{'no validation' if held_out < 1 else 'no training'} examples"
+                              + in_variant)
+        available -= held_out
     if limit is not None and limit > available:
         raise ConfigError(f"{where(('data', 'train_limit'), 'data.train_limit')}: {limit} is more "
-                          f"than the {available} training examples {dataset} has"
-                          + (f" (variant {variant})" if variant else ""))
-    _resolve_model(params, where, f" (variant {variant})" if variant else "")
+                          f"than the {available} training examples {dataset} has" + in_variant)
+    # The lead's schedule is built from these; bound it here so `validate` catches a runaway.
+    per_epoch = -(-(limit or available) // params["train.batch_size"])
+    total = params["train.steps"] or params["train.epochs"] * per_epoch
+    if total > MAX_STEPS:
+        key = "train.steps" if params["train.steps"] else "train.epochs"
+        raise ConfigError(f"{where(tuple(key.split('.')), key)}: {total:,} optimizer steps; at most "
+                          f"{MAX_STEPS:,} per run" + in_variant)
+    _resolve_model(params, where, in_variant)
     return params
 
 
@@ -376,7 +525,9 @@ def _format_value(value: Any) -> str:
 
 def _id_part(key: str, value: Any) -> str:
     short = SCHEMA[key].short or key.rsplit(".", 1)[-1]
-    text = f"no{short}" if value is False else short if value is True else short + _format_value(value)
+    # None (`--set model.hidden=null`: not given) reads like false: `nohidden`, not `hiddenNone`.
+    text = (f"no{short}" if value is False or value is None else short if value is True
+            else short + _format_value(value))
     return re.sub(r"[^A-Za-z0-9._+]", "", text)
 
 
@@ -395,15 +546,110 @@ def config_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
 
+# Keys that do nothing when another key has a certain value: setting one of them there is a
+# silent no-op (`--set model.depth=4` on a config with `model.hidden`), so it is an error.
+# key -> (the key that decides, is the key ignored?, why)
+IGNORED_WHEN: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "model.depth": ("model.hidden", lambda hidden: hidden is not None,
+                    "gives the layer sizes; change model.hidden (or set it to null)"),
+    "model.width": ("model.hidden", lambda hidden: hidden is not None,
+                    "gives the layer sizes; change model.hidden (or set it to null)"),
+    "train.epochs": ("train.steps", lambda steps: steps is not None,
+                     "gives the length of training; change train.steps (or set it to null)"),
+    "train.momentum": ("train.optimizer", lambda optimizer: optimizer != "momentum",
+                       "is not momentum: only the momentum optimizer reads train.momentum"),
+}
+# Where a value comes from, lowest precedence first.
+LEVELS = {"default": 0, "base": 1, "variant": 2, "sweep": 2, "set": 3}
+
+
+def run_count(experiment: Experiment) -> int:
+    """How many runs the experiment expands to, without expanding it."""
+    count = max(len(experiment.variants), 1) * len(experiment.base["train.seeds"])
+    for values in experiment.sweep.values():
+        count *= len(values)
+    return count
+
+
+def _origin(experiment: Experiment, key: str, variant: str, axes: list[str]) -> tuple[str, ...]:
+    if key in experiment.set_keys:
+        return ("set", key)
+    if key in axes:
+        return ("sweep", key)
+    if key in experiment.variants.get(variant, {}):
+        return ("variant", variant, key)
+    if ("base", key) in experiment.origins:
+        return ("base", key)
+    return ("default", key)
+
+
+def _check_ignored(experiment: Experiment, variant: str, params: dict[str, Any], axes: list[str],
+                   ignored: dict[tuple[str, ...], list[bool]], deciders: dict) -> None:
+    """Note, per place a key was given, whether this run ignores it (see IGNORED_WHEN)."""
+    for key, (decider, is_ignored, _) in IGNORED_WHEN.items():
+        origin = _origin(experiment, key, variant, axes)
+        if origin[0] == "default":
+            continue
+        decided_at = _origin(experiment, decider, variant, axes)
+        # Both in one file (as in every run's resolved config.yaml) is a documented precedence, and
+        # so is a --set of the deciding key after the other (`--set train.epochs=2 --set
+        # train.steps=10`); a key given later than the key that decides was meant to take effect.
+        later = (LEVELS[origin[0]] > LEVELS[decided_at[0]]
+                 or (origin[0] == decided_at[0] == "set"
+                     and experiment.set_keys.index(key) > experiment.set_keys.index(decider)))
+        hit = later and params[key] is not None and is_ignored(params[decider])
+        ignored.setdefault(origin, []).append(hit)
+        if hit:
+            deciders.setdefault(origin, (decided_at, params[decider]))
+
+
+def _ignored_error(experiment: Experiment, ignored: dict, deciders: dict) -> None:
+    """Raise for the first key that every run it reaches ignores."""
+    for origin, hits in ignored.items():
+        if not all(hits):
+            continue
+        decider, _, why = IGNORED_WHEN[origin[-1]]
+        decided_at, value = deciders[origin]
+        label = experiment.origins.get(decided_at, "")
+        source = {"default": "its default", "set": label}.get(decided_at[0], label.rsplit(": ", 1)[0])
+        state = "is swept" if decided_at[0] == "sweep" else f"= {json.dumps(value)}"
+        raise ConfigError(f"{experiment.origins[origin]}: has no effect: {decider} {state} "
+                          f"({source}), which {why}")
+
+
+def _same_config_error(experiment: Experiment, first: Run, second: Run) -> ConfigError:
+    """Two runs of one experiment that would learn exactly the same thing."""
+    hint = ""
+    shadowed = [(key, name) for key in experiment.set_keys for name in (first.variant, second.variant)
+                if key in experiment.variants.get(name, {})]
+    if shadowed:
+        key, name = shadowed[0]
+        hint = (f": {experiment.origins[('set', key)]} replaces what "
+                f"{experiment.origins[('variant', name, key)]} sets")
+    elif first.variant != second.variant:
+        hint = f": variants {first.variant} and {second.variant} set the same values"
+    else:
+        hint = ": they differ only in keys that do not change what a run learns"
+    return ConfigError(f"{experiment.source}: runs {first.run_id} and {second.run_id} are the same "
+                       f"config, trained twice under two names{hint}")
+
+
 def expand(experiment: Experiment) -> list[Run]:
     """Every variant x sweep combination x seed, as resolved runs in a stable order."""
     where = _Where(experiment.source, experiment.lines)
+    count = run_count(experiment)
+    if count > MAX_RUNS:
+        raise ConfigError(f"{experiment.source}: expands to {count:,} runs (variants x sweep "
+                          f"values x seeds); at most {MAX_RUNS:,} per config")
     variants = experiment.variants or {"base": {}}
     axes = list(experiment.sweep)
     # Keys that change speed, not results (in_run_id=False), stay out of the readable part too.
     id_keys = [k for k in axes + [k for k in experiment.set_keys if k not in axes]
                if SCHEMA[k].in_run_id]
     runs: list[Run] = []
+    ignored: dict[tuple[str, ...], list[bool]] = {}
+    deciders: dict[tuple[str, ...], tuple[str, ...]] = {}
+    by_identity: dict[str, Run] = {}
     for variant, overrides in variants.items():
         for combo in itertools.product(*(experiment.sweep[k] for k in axes)):
             params = dict(experiment.base)
@@ -411,11 +657,23 @@ def expand(experiment: Experiment) -> list[Run]:
             params.update(zip(axes, combo))
             for key in experiment.set_keys:  # the command line wins over variants too
                 params[key] = experiment.base[key]
+            _check_ignored(experiment, variant, params, axes, ignored, deciders)
             for seed in params.pop("train.seeds"):
                 run_params = _resolve({**params, "train.seed": seed}, where, variant)
                 parts = [variant] + [_id_part(k, run_params[k]) for k in id_keys]
                 run_id = "-".join(parts + [f"s{seed}", config_hash(run_params)])
-                runs.append(Run(experiment.name, variant, run_id, run_params, experiment.source))
+                if len(run_id) > MAX_NAME:
+                    raise ConfigError(f"{experiment.source}: run id {run_id[:40]}... has "
+                                      f"{len(run_id)} characters; at most {MAX_NAME} (it names a "
+                                      f"directory): shorten variant names or sweep fewer keys")
+                run = Run(experiment.name, variant, run_id, run_params, experiment.source)
+                blob = json.dumps(identity(run_params), sort_keys=True)
+                if blob in by_identity:
+                    _ignored_error(experiment, ignored, deciders)  # the likelier cause, if any
+                    raise _same_config_error(experiment, by_identity[blob], run)
+                by_identity[blob] = run
+                runs.append(run)
+    _ignored_error(experiment, ignored, deciders)
     return runs
 
 

@@ -10,6 +10,8 @@ import functools
 import gzip
 import os
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +74,28 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test) as float32 NHWC in [0, 1] and int32 labels."""
     if name == "synthetic":
         return synthetic()
-    arrays = _local(name) or _download(name)
+    arrays = _local(name)
+    source = f"the local copy {local_path(name)}" if arrays is not None else "Keras's download"
+    if arrays is None:
+        arrays = _download(name)
     x_train, y_train, x_test, y_test = arrays
+    _check_splits(name, source, x_train, y_train, x_test, y_test)
     return _images(x_train), _labels(y_train), _images(x_test), _labels(y_test)
+
+
+def _check_splits(name: str, source: str, x_train, y_train, x_test, y_test) -> None:
+    """A DataError for a copy that reads but cannot be trained on (an empty split, lengths apart)."""
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        problem = None
+        if len(x) == 0 or len(y) == 0:
+            problem = f"its {split} split is empty"
+        elif len(x) != len(y):
+            problem = f"its {split} split has {len(x)} images but {len(y)} labels"
+        elif np.ndim(x) not in (3, 4):
+            problem = f"its {split} images have shape {np.shape(x)}, not (N, H, W[, C])"
+        if problem:
+            raise DataError(f"{name}: {source} is unusable: {problem}; expected "
+                            f"{LOCAL_LAYOUT.get(name, 'the dataset')}")
 
 
 def _images(x: np.ndarray) -> np.ndarray:
@@ -93,6 +114,15 @@ def data_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+LOCAL_NAMES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py"}
+
+
+def local_path(name: str) -> Path | None:
+    """Where the local copy of `name` is looked for."""
+    root = data_dir()
+    return root / LOCAL_NAMES[name] if root is not None and name in LOCAL_NAMES else None
+
+
 def _local(name: str):
     """Arrays from $BNCOMPARE_DATA_DIR in Keras's file layout, or None when no copy is there."""
     root = data_dir()
@@ -102,7 +132,7 @@ def _local(name: str):
         if name == "mnist" and (root / "mnist.npz").is_file():
             # Read with NumPy, not Keras: Keras's loader checks the download's hash, which a
             # re-packed copy of the same data does not match.
-            with np.load(root / "mnist.npz") as f:
+            with np.load(root / "mnist.npz", allow_pickle=False) as f:
                 return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
         if name == "fashion_mnist" and (root / "fashion-mnist").is_dir():
             folder = root / "fashion-mnist"
@@ -110,9 +140,10 @@ def _local(name: str):
                     _idx(folder / "t10k-images-idx3-ubyte.gz"), _idx(folder / "t10k-labels-idx1-ubyte.gz"))
         if name == "cifar10" and (root / "cifar-10-batches-py").is_dir():
             return _cifar10(root / "cifar-10-batches-py")
-    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise DataError(f"{name}: the local copy in {root} is unreadable ({e}); expected "
-                        f"{LOCAL_LAYOUT[name]}") from None
+    except (OSError, KeyError, ValueError, EOFError, IndexError, pickle.UnpicklingError,
+            zipfile.BadZipFile, zlib.error) as e:  # a truncated mnist.npz is a BadZipFile
+        raise DataError(f"{name}: the local copy {local_path(name)} is unreadable "
+                        f"({type(e).__name__}: {e}); expected {LOCAL_LAYOUT[name]}") from None
     return None
 
 

@@ -62,7 +62,7 @@ def norm_of(params: dict[str, Any]) -> str:
     Resolved params keep `model.norm` null for batch and none (see config._resolve), so that
     `norm: batch` and `batch_norm: true` are the same run with the same id.
     """
-    return params.get("model.norm") or ("batch" if params["model.batch_norm"] else "none")
+    return params.get("model.norm") or ("batch" if params.get("model.batch_norm") else "none")
 
 
 def is_stochastic(params: dict[str, Any]) -> bool:

@@ -1,8 +1,9 @@
 """`bncompare run --jobs N`: N worker processes share one sweep; the parent keeps one display.
 
-Workers take runs from a queue, so no two ask for the same run; each run is still claimed on disk
+Workers take groups of runs (as `engines.plan` makes them: a pack or a vmap group stays whole)
+from a queue, so no two ask for the same run; each run is still claimed on disk
 as in a single process, so parallel invocations from the shell stay safe too. A worker sees one GPU
-when GPUs are visible (worker i gets GPU i mod #GPUs), else an equal share of the CPU threads.
+when GPUs are visible (worker i gets GPU i mod #GPUs).
 Training events come back through a queue (steps at most a few times a second) and drive the same
 display a single process uses, one progress bar per worker.
 """
@@ -22,8 +23,7 @@ from typing import Any
 
 from bncompare.config import Run
 from bncompare import interrupts
-from bncompare.runner import Outcome
-from bncompare.train import Listener
+from bncompare.lifecycle import Listener, Outcome
 
 STEP_EVENTS_PER_SECOND = 5
 SHUTDOWN_SECONDS = 60  # after Ctrl-C, how long workers get to save their runs as interrupted
@@ -46,11 +46,9 @@ def visible_gpus() -> list[str]:
 
 def worker_environment(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
     """Environment variables that give worker `slot` its share of the machine."""
-    if gpus:
-        return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
-    # N TensorFlow processes each using every core would fight over them.
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    return {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}
+    # Each process uses backend.threads() intra-op threads whatever --jobs is (the same numbers as
+    # a sequential run), so N workers use about N cores.
+    return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {}
 
 
 class _Forward(Listener):
@@ -59,54 +57,83 @@ class _Forward(Listener):
     def __init__(self, events, slot: int):
         self.events, self.slot, self.last_step = events, slot, 0.0
 
-    def started(self, run, schedule) -> None:
+    def started(self, run, schedule, slot: int = 0) -> None:
         self.events.put(("started", self.slot, (run, schedule)))
 
-    def step(self, step: int, loss: float, accuracy: float) -> None:
+    def compiling(self, run, slot: int = 0) -> None:
+        self.events.put(("compiling", self.slot, run))
+
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
         now = time.monotonic()
         if now - self.last_step >= 1 / STEP_EVENTS_PER_SECOND:
             self.last_step = now
             self.events.put(("step", self.slot, (step, loss, accuracy)))
 
-    def point(self, point: dict[str, Any]) -> None:
+    def point(self, point: dict[str, Any], slot: int = 0) -> None:
         self.events.put(("point", self.slot, point))
+
+    def run_finished(self, outcome: Outcome, slot: int = 0) -> None:
+        self.events.put(("finished", self.slot, outcome))
+
+    def warning(self, run, text: str, slot: int = 0) -> None:
+        self.events.put(("warning", self.slot, (run, text)))
 
 
 def _worker(slot: int, environment: dict[str, str], out: Path, device: str, force: bool,
             tasks, events) -> None:
-    """One worker process: train runs from `tasks` until the queue says stop or an interrupt."""
+    """One worker process: train groups from `tasks` until the queue says stop or an interrupt."""
     os.environ.update(environment)
-    from bncompare import runner
-    from bncompare.train import train_and_evaluate
+    from bncompare import engines, runner
+    from bncompare.lifecycle import InterruptedGroup, execute_group
 
-    # A terminal's Ctrl-C signals the whole process group; the parent answers it by sending each
-    # worker one SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGINT is ignored (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
+    # signals the whole process group, and the parent answers it by sending each worker one
+    # SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
     listener = _Forward(events, slot)
+    busy: list[Run] = []  # runs another process was training: waited for once the queue is empty
+    stopped = False
     with interrupts.stop_at_safe_points((signal.SIGTERM,)):
         try:
-            while (run := tasks.get()) is not None:
+            while (group := tasks.get()) is not None:
+                engine, runs = group
+                events.put(("took", slot, runs))
                 interrupts.check()
-                prepared = runner.prepare([run], device)  # cheap after the first: data is cached
-                outcome = runner.execute_one(run, out, prepared, listener, force, train_and_evaluate)
-                events.put(("finished", slot, outcome))
-                if outcome.status == "interrupted":
-                    break
-        except KeyboardInterrupt:  # between runs: nothing to save
-            pass
+                prepared = runner.prepare(runs, device)  # cheap after the first: data is cached
+                done = execute_group(engines.get(engine), runs, out,
+                                     prepared.datasets[runner.data_key(runs[0])],
+                                     prepared.environment, listener, force)
+                busy += [o.run for o in done if o.status == "busy"]
+        except KeyboardInterrupt:  # InterruptedGroup too: its outcomes were reported
+            stopped = True
         except Exception as e:  # noqa: BLE001 - tell the parent instead of dying silently
             events.put(("crashed", slot, f"{type(e).__name__}: {e}"))
+            stopped = True
+    if busy and not stopped:  # outcomes reach the parent through the listener, as above
+        runner.execute(busy, out, runner.prepare(busy, device), listener)
     events.put(("exit", slot, None))
+
+
+def backend_name() -> str:
+    """The Keras backend the workers will use, without importing it here."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: str,
                      force: bool = False) -> tuple[list[Outcome], bool]:
-    """Train `runs` in `jobs` worker processes; return the outcomes (in run order) and whether the
-    sweep was interrupted."""
+    """Train `runs` in `jobs` worker processes, group by group (engines.plan: packs and vmap groups
+    stay whole); return an Outcome per run (in run order) and whether the sweep was interrupted.
+
+    Every run ends with an outcome: a run a worker took but never reported is `interrupted` when the
+    sweep was stopped, else `failed` (its worker died); a run no worker reached is `not_started`
+    (interrupted) or `failed` (every worker died).
+    """
+    from bncompare import engines
+
+    groups = engines.plan(runs, backend_name())
     context = multiprocessing.get_context("spawn")  # fork would copy a half-initialised backend
     tasks, events = context.Queue(), context.Queue()
-    for run in runs:
-        tasks.put(run)
+    for group in groups:
+        tasks.put((group.engine, group.runs))
     for _ in range(jobs):
         tasks.put(None)
     gpus = visible_gpus() if device != "cpu" else []
@@ -114,37 +141,49 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
                                args=(slot, worker_environment(slot, jobs, gpus), out, device, force,
                                      tasks, events))
                for slot in range(jobs)]
-    for worker in workers:
-        worker.start()
+    # Workers start with SIGINT ignored (a disposition that survives exec): Ctrl-C while they
+    # import would otherwise print their tracebacks; the parent stops them with SIGTERM instead.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     display.sweep_started(runs)
     outcomes: dict[tuple[str, str], Outcome] = {}
-    training: dict[int, Run] = {}  # slot -> the run it is on
+    taken: dict[int, list[Run]] = {}  # slot -> the runs of the group it is on
     running = set(range(jobs))
     interrupted = False
 
     def handle(kind: str, slot: int, payload: Any) -> None:
-        if kind == "started":
-            training[slot] = payload[0]
+        if kind == "took":
+            taken[slot] = payload
+        elif kind == "compiling":
+            display.compiling(payload, slot=slot)
+        elif kind == "started":
             display.started(*payload, slot=slot)
         elif kind == "step":
             display.step(*payload, slot=slot)
         elif kind == "point":
             display.point(payload, slot=slot)
+        elif kind == "warning":
+            display.warning(*payload, slot=slot)
         elif kind == "finished":
-            training.pop(slot, None)
             outcomes[key(payload.run)] = payload
             display.run_finished(payload, slot=slot)
         elif kind == "crashed":
             lost(slot, payload)
         elif kind == "exit":
             running.discard(slot)
+            taken.pop(slot, None)
 
     def lost(slot: int, why: str) -> None:
         running.discard(slot)
-        run = training.pop(slot, None)
-        if run is not None:  # its metrics.json still says running; readers report it interrupted
-            outcomes[key(run)] = Outcome(run, "failed", note=f"worker {slot} {why}")
-            display.run_finished(outcomes[key(run)], slot=slot)
+        for run in taken.pop(slot, []):
+            if key(run) not in outcomes:  # its metrics.json says running; readers see interrupted
+                outcomes[key(run)] = Outcome(run, "interrupted" if interrupted else "failed",
+                                             note=f"worker {slot} {why}")
+                display.run_finished(outcomes[key(run)], slot=slot)
 
     deadline = math.inf
     with interrupts.stop_at_safe_points():
@@ -163,11 +202,29 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
                             lost(slot, f"died (exit code {workers[slot].exitcode})")
         except KeyboardInterrupt:  # asked twice: stop now; runs in flight read as interrupted
             interrupted = True
+        interrupted = interrupted or interrupts.requested()
     for worker in workers:
         worker.join(timeout=5)
         if worker.is_alive():
             worker.kill()
-    return [outcomes[key(r)] for r in runs if key(r) in outcomes], interrupted
+    while True:  # events sent after the loop ended (a last outcome) still count
+        try:
+            kind, slot, payload = events.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            break
+        if kind == "finished":
+            outcomes[key(payload.run)] = payload
+    for slot in list(taken):
+        lost(slot, "stopped before reporting")
+    result = []
+    for run in runs:
+        if key(run) not in outcomes:
+            outcomes[key(run)] = (Outcome(run, "not_started", note="the sweep stopped before this run")
+                                  if interrupted else
+                                  Outcome(run, "failed", note="no worker was left to train it"))
+            display.run_finished(outcomes[key(run)])
+        result.append(outcomes[key(run)])
+    return result, interrupted
 
 
 def key(run: Run) -> tuple[str, str]:

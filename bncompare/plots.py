@@ -4,19 +4,33 @@ Built with matplotlib's object-oriented API (`Figure`, never pyplot): no global 
 between figures or tests, and no GUI backend is touched (savefig renders through the Agg, SVG or PDF
 canvas). Sized for a paper: panels about 2.6 x 2 inches, 7.5-9.5 pt text, 200 dpi PNGs.
 
-Every figure colours a variant the same way (its index among all variants, sorted by name), marks
-diverged runs with an x in that colour, and names variants as the config does.
+Honest by construction:
+- a variant's colour depends on its name only (`colour`), so it is the same in every figure;
+- each figure says in a caption line what all its panels share (dataset, model, optimizer...);
+- where seeds dropped out of a mean (diverged, stopped early) the point says n=k; a single seed
+  draws no error bar or band;
+- diverged runs are an x at their last value, with a count when several stack at one place; runs
+  that diverged before their first eval sit in a grey strip under the axis, outside its scale;
+- BatchNorm evaluation modes (moving averages, PreciseBN, batch statistics) are line styles.
+
+Panels share their axes by setting the same limits at the end, not through matplotlib's shared
+axes: those propagate every limit change to every sibling, which made a 200-panel figure take
+quadratic time (100 s). Figures of more than PAGE_PANELS panels are split into pages, and past
+MAX_PANELS the rest is left out with a note saying how to choose with --where.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import tempfile
 import textwrap
+import zlib
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from matplotlib import rc_context
@@ -27,29 +41,52 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from bncompare.aggregate import (Condition, ExperimentResults, Results, facet_label, format_value,
-                                 natural)
+                                 lower_is_better, natural)
 
 # Okabe-Ito colours (readable with colour-vision deficiencies), without yellow (invisible on white)
 # and vermillion (too close to the red people read as "error").
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000"]
+# Fixed colours for the names configs use, so BN is blue and no BN orange in every figure...
+NAMED_COLOURS = {"bn": PALETTE[0], "batch": PALETTE[0], "batch_norm": PALETTE[0],
+                 "no_bn": PALETTE[1], "none": PALETTE[1], "baseline": PALETTE[1],
+                 "dropout": PALETTE[2], "layer": PALETTE[2], "layer_norm": PALETTE[2],
+                 "bn_dropout": PALETTE[3], "group": PALETTE[3], "group_norm": PALETTE[3],
+                 "rms": PALETTE[4], "rms_norm": PALETTE[4], "renorm": PALETTE[5],
+                 "ghost": "#882255", "noisy_bn": "#44AA99", "bn_noise": "#44AA99"}
+# ...and other names a colour from their name's hash (two names may then share a colour; the
+# legend and the line labels still tell them apart).
+HASHED_PALETTE = PALETTE + ["#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733"]
 STYLE = {
     "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 8,
     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.titlesize": 9.5,
     "figure.labelsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.dpi": 200,
     "pdf.fonttype": 42,  # TrueType in PDFs: text stays editable in a paper's figure
+    # Names and values read from results are text: a "$" in a variant name must not start TeX math
+    # (a malformed formula would fail the whole figure).
+    "text.parse_math": False,
 }
 PANEL = (2.6, 2.0)  # inches per small multiple
 MIN_WIDTH = 4.8  # inches: room for a title and a legend even with one panel
 MAX_COLUMNS = 4
+PAGE_PANELS = 24  # panels per figure; more go to further pages (files ...-p2-of-3)
+MAX_PANELS = 96  # panels over all pages; past it, a note says how to choose with --where
+MAX_FIGURES_PER_KIND = 24  # per-condition figures (activations, gradients) of one experiment
 TITLE_CHARS = 38  # characters of a panel title per line at PANEL width
-STRIP = 0.18  # axes fraction under the data for runs that diverged before their first eval
+STRIP = 0.16  # axes fraction under the data for runs that diverged before their first eval
 DIVERGED = {"marker": "x", "markersize": 6, "markeredgewidth": 1.6, "linestyle": "none"}
+N_LABEL = {"fontsize": 6.5, "ha": "left", "va": "bottom"}
+MAX_NAME = 120  # characters of a figure's file name
 
 METRIC_LABELS = {"val_accuracy": "validation accuracy (fraction)",
                  "accuracy": "training accuracy (fraction)",
                  "val_loss": "validation loss (cross-entropy, nats)",
-                 "loss": "training loss (cross-entropy, nats)"}
+                 "loss": "training loss (cross-entropy, nats)",
+                 "train_eval_accuracy": "training accuracy, inference mode (fraction)",
+                 "train_eval_loss": "training loss, inference mode (cross-entropy, nats)"}
+# BatchNorm evaluation modes: the history suffix, legend words, line style.
+MODES = (("", "BN moving averages", "-"), ("_precise", "PreciseBN statistics", "--"),
+         ("_batch", "batch statistics", ":"))
 X_LABELS = {"epoch": "epoch", "step": "optimizer step", "time": "training time (s, evaluation excluded)"}
 # Sweep axes with units; other keys are labelled by their name.
 KEY_LABELS = {"train.learning_rate": "learning rate", "train.weight_decay": "weight decay",
@@ -63,128 +100,250 @@ LOG_KEYS = ("train.learning_rate", "train.weight_decay", "model.bn_epsilon")
 PERCENTILES = (("p15", 0.9), ("p50", 1.7), ("p85", 0.9))  # (stat, line width): the median stands out
 
 
+class PlotWriteError(OSError):
+    """A figure could not be written (read-only or full disk); names the folder."""
+
+    def __init__(self, folder: Path, error: OSError):
+        super().__init__(error.errno, error.strerror or str(error), str(folder))
+        self.folder, self.reason = folder, error.strerror or str(error)
+
+
+def colour(variant: str) -> str:
+    """A variant's colour, from its name alone: the same in every figure and every directory."""
+    if variant in NAMED_COLOURS:
+        return NAMED_COLOURS[variant]
+    return HASHED_PALETTE[zlib.crc32(variant.encode("utf-8")) % len(HASHED_PALETTE)]
+
+
+def metric_label(metric: str) -> str:
+    """Axis words for any history metric: 'validation accuracy, PreciseBN statistics (fraction)'."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    for suffix, words, _ in MODES[1:]:
+        if metric.endswith(suffix) and metric[:-len(suffix)] in METRIC_LABELS:
+            base, unit = METRIC_LABELS[metric[:-len(suffix)]].split(" (", 1)
+            return f"{base}, {words} ({unit}"
+    return metric.replace("_", " ")
+
+
 def plot_results(results: Results, metric: str = "val_accuracy", x: str = "epoch", fmt: str = "png",
-                 out: Path | None = None) -> list[Path]:
+                 out: Path | None = None, seeds: bool = False,
+                 note: Callable[[str], None] | None = None) -> list[Path]:
     """Write every figure the results call for; return the files written.
 
-    Figures go to <experiment dir>/plots/, or to `out` (to out/<experiment>/ when there are several).
+    Figures go to <experiment dir>/plots/, or to `out` (to out/<experiment>/ when there are several,
+    the experiment's name made safe as a folder name). `note` receives messages for the user
+    (panels left out). Raise PlotWriteError when a folder or a figure cannot be written.
     """
-    colours = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(results.variants)}
     written = []
     with rc_context(STYLE):
         for experiment in results.experiments:
             if out is None:
                 folder = experiment.directory / "plots"
             else:
-                folder = Path(out) / experiment.name if len(results.experiments) > 1 else Path(out)
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, figure in figures(experiment, colours, metric, x):
-                written.append(save(figure, folder / f"{name}.{fmt}", fmt))
+                several = len(results.experiments) > 1
+                folder = Path(out) / _folder_name(experiment.name) if several else Path(out)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PlotWriteError(folder, e) from None
+            for name, figure in figures(experiment, metric, x, seeds, note):
+                written.append(save(figure, folder / f"{safe_name(name)}.{fmt}", fmt))
     return written
 
 
-def figures(experiment: ExperimentResults, colours: dict[str, str], metric: str,
-            x: str) -> Iterator[tuple[str, Figure]]:
+def figures(experiment: ExperimentResults, metric: str, x: str, seeds: bool = False,
+            note: Callable[[str], None] | None = None) -> Iterator[tuple[str, Figure]]:
     """(file stem, figure) for each figure the experiment calls for, in a stable order."""
+    note = note or (lambda message: None)
+    recorded = {key for c in experiment.conditions for r in c.runs for key in r.metrics["history"]}
+    groups = experiment.groups()
+    if len(groups) > MAX_PANELS:
+        note(f"{experiment.name}: {len(groups)} conditions; the curves show the first {MAX_PANELS} "
+             f"(in {math.ceil(MAX_PANELS / PAGE_PANELS)} pages). Choose the rest with --where KEY=VALUE "
+             f"(keys that vary: {', '.join(experiment.facet_keys)})")
+    pages = [groups[i:i + PAGE_PANELS] for i in range(0, min(len(groups), MAX_PANELS), PAGE_PANELS)]
     for name in dict.fromkeys([metric, "val_accuracy", "val_loss", "loss"]):
-        yield f"curves-{name}-{x}", curves_figure(experiment, colours, name, x)
-    for key in experiment.sweep_keys:
-        yield f"sweep-{key.split('.', 1)[-1]}-{metric}", sweep_figure(experiment, colours, key, metric)
-    for facets, conditions in experiment.groups():
+        if name not in recorded:
+            continue
+        for number, page in enumerate(pages, start=1):
+            suffix = f"-p{number}-of-{len(pages)}" if len(pages) > 1 else ""
+            yield (f"curves-{name}-{x}{suffix}",
+                   curves_figure(experiment, name, x, seeds, page, (number, len(pages))))
+    for key in experiment.sweep_keys if metric in recorded else ():
+        yield f"sweep-{key.split('.', 1)[-1]}-{metric}", sweep_figure(experiment, key, metric, note)
+    made = Counter()
+    for facets, conditions in groups:
         suffix = "".join(f"-{_slug(key, value)}" for key, value in facets)
-        if any(c.has("activations") for c in conditions):
-            yield f"activations-{x}{suffix}", activations_figure(experiment, colours, facets, conditions, x)
-        if any(c.has("gradients") for c in conditions):
-            yield f"gradients-{x}{suffix}", gradients_figure(experiment, colours, facets, conditions, x)
+        for kind, draw in (("activations", activations_figure), ("gradients", gradients_figure)):
+            if any(c.has(kind) for c in conditions):
+                made[kind] += 1
+                if made[kind] <= MAX_FIGURES_PER_KIND:
+                    yield f"{kind}-{x}{suffix}", draw(experiment, facets, conditions, x)
+    for kind, count in made.items():
+        if count > MAX_FIGURES_PER_KIND:
+            note(f"{experiment.name}: {count} conditions recorded {kind}; drew the first "
+                 f"{MAX_FIGURES_PER_KIND}. Choose others with --where KEY=VALUE")
+    # Santurkar et al. 2018 probes (record.landscape, record.ics), when recorded.
+    from bncompare import probe_plots
+
+    yield from probe_plots.figures(experiment, {v: colour(v) for v in experiment.variants}, x)
 
 
 def save(figure: Figure, path: Path, fmt: str) -> Path:
     """Write a figure atomically: a viewer reloading the file never sees half an image."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise PlotWriteError(path.parent, e) from None
     os.close(fd)
     try:
         figure.savefig(tmp, format=fmt)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise PlotWriteError(path.parent, e) from None
         raise
     return path
+
+
+def safe_name(text: str) -> str:
+    """A single, harmless file or folder name made from text read from disk: no separators, no
+    leading dot (so never '.' or '..'), no control characters, bounded length (with a hash when cut,
+    so two long names stay apart)."""
+    name = re.sub(r"[^A-Za-z0-9._+=,-]+", "_", text).strip("._") or "unnamed"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name[:MAX_NAME - 9]}-{digest}"
+    return name
+
+
+def _folder_name(name: str) -> str:
+    """An experiment's folder under --out: its name when that is a safe name, else the safe name
+    with a hash of the real one, so "a/b" and "a_b" do not share (and overwrite) one folder."""
+    safe = safe_name(name)
+    if safe == name:
+        return safe
+    return f"{safe[:MAX_NAME - 9]}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 # ---- the figures ----------------------------------------------------------------------------------
 
 
-def curves_figure(experiment: ExperimentResults, colours: dict[str, str], metric: str, x: str) -> Figure:
-    """One panel per facet combination; per variant the mean over seeds with a ±std band."""
-    groups = experiment.groups()
+def curves_figure(experiment: ExperimentResults, metric: str, x: str, seeds: bool = False,
+                  groups: list | None = None, page: tuple[int, int] = (1, 1)) -> Figure:
+    """One panel per facet combination; per variant the mean over seeds with a ±std band, one line
+    style per recorded BN evaluation mode, per-seed traces under the mean when `seeds`."""
+    groups = experiment.groups() if groups is None else groups
+    modes = _modes(experiment, metric)
     shared_y = "accuracy" in metric
-    figure, axes = _grid(len(groups), X_LABELS[x], sharey=shared_y)
-    marked = []
+    figure, axes = _grid(len(groups), X_LABELS[x])
+    marked, dropped = [], False
     for ax, (facets, conditions) in zip(axes, groups):
         points, drawn = [], False
         for condition in conditions:
-            colour = colours[condition.variant]
-            curve = condition.curve(("history", metric), x)
-            if curve is not None:
-                _band(ax, curve.x, curve.mean, curve.std, colour)
+            tint = colour(condition.variant)
+            for suffix, _, style in modes:
+                path = ("history", metric + suffix)
+                if seeds:
+                    for trace_x, trace_y in condition.traces(path, x):
+                        ax.plot(trace_x, trace_y, color=tint, linewidth=0.7, alpha=0.45,
+                                linestyle=style, zorder=1)
+                curve = condition.curve(path, x)
+                if curve is None:
+                    continue
+                _band(ax, curve.x, curve.mean, curve.std, tint, n=curve.n, style=style,
+                      band=not suffix)
+                dropped |= _n_labels(ax, curve.x, curve.mean, curve.n, len(condition.runs), tint)
                 drawn = True
             for end_x, end_y in condition.diverged_ends(("history", metric), x):
                 if math.isfinite(end_x):
-                    points.append((end_x, end_y, colour, experiment.variants.index(condition.variant)))
+                    points.append((end_x, end_y, condition.variant))
         marked.append((ax, points))
         ax.set_title(_wrap(facet_label(facets)))
-        if not drawn:  # say why it is empty; unshared y ticks would be a placeholder range
-            if not shared_y:
-                ax.tick_params(labelleft=False)
+        if not drawn:  # say why it is empty
             ax.text(0.5, 0.55, "no eval point:\nevery run diverged first", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
-    axes[0].set_xlim(left=0)  # training starts at 0 (x is shared): a lone eval point is not centred
-    figure.supylabel(METRIC_LABELS[metric])
-    _header(figure, experiment, colours, f"{METRIC_LABELS[metric].split(' (')[0]}, "
-            f"mean ± std over {_seeds(experiment.conditions)}", _mark_diverged(marked))
+    _plot_diverged_values(marked)
+    _share(axes, sharey=shared_y, x_from_zero=True)
+    diverged = _strip(marked, experiment.variants, shared_y)
+    figure.supylabel(metric_label(metric))
+    what = (f"{metric_label(metric).split(' (')[0]}, {_over(experiment.conditions)}"
+            f"{'; n=k where fewer seeds had the point' if dropped else ''}")
+    if page[1] > 1:
+        what += f" (page {page[0]} of {page[1]})"
+    _header(figure, experiment, what, diverged, modes=modes if len(modes) > 1 else (),
+            seeds=seeds)
     return figure
 
 
-def sweep_figure(experiment: ExperimentResults, colours: dict[str, str], key: str, metric: str) -> Figure:
-    """Final and best metric against a swept value: one line per variant, diverged runs as x."""
+def sweep_figure(experiment: ExperimentResults, key: str, metric: str,
+                 note: Callable[[str], None] | None = None) -> Figure:
+    """Final and best metric against a swept value: one line per variant, diverged runs as x.
+
+    With one eval point per run, final and best are the same number: one column only."""
     groups = experiment.groups(without=(key,))
-    figure = _figure(2, len(groups))
-    axes = figure.subplots(len(groups), 2, squeeze=False, sharey="row" if "accuracy" in metric else False)
+    if len(groups) > PAGE_PANELS:
+        if note:
+            note(f"{experiment.name}: sweep of {key} drawn for the first {PAGE_PANELS} of "
+                 f"{len(groups)} combinations of other keys. Choose with --where KEY=VALUE")
+        groups = groups[:PAGE_PANELS]
+    best_word = "lowest" if lower_is_better(metric) else "best"
+    columns = [("final", Condition.final)]
+    if max(c.eval_points() for c in experiment.conditions) > 1:
+        columns.append((f"{best_word} during training", Condition.best))
+    figure = _figure(max(2, len(columns)), len(groups))
+    axes = [[figure.add_subplot(len(groups), len(columns), row * len(columns) + col + 1)
+             for col in range(len(columns))] for row in range(len(groups))]
     values = experiment.values(key)
-    best_word = "lowest" if "loss" in metric else "best"
-    marked = []
+    marked, dropped = [], False
     for row, (facets, conditions) in enumerate(groups):
-        for col, (title, stat) in enumerate((("final", Condition.final),
-                                             (f"{best_word} during training", Condition.best))):
-            ax, points = axes[row, col], []
+        for col, (title, stat) in enumerate(columns):
+            ax, points = axes[row][col], []
             for variant in experiment.variants:
                 mine = [c for c in conditions if c.variant == variant]
                 if not mine:
                     continue
                 at = [dict(c.facets)[key] for c in mine]
                 stats = [stat(c, metric) for c in mine]
-                ax.errorbar(at, [np.nan if s.mean is None else s.mean for s in stats],
-                            yerr=[s.std or 0.0 for s in stats], color=colours[variant], marker="o",
-                            markersize=3.5, linewidth=1.4, capsize=2.5, elinewidth=0.9)
-                for value, condition in zip(at, mine):
+                means = [np.nan if s.mean is None else s.mean for s in stats]
+                tint = colour(variant)
+                ax.plot(at, means, color=tint, marker="o", markersize=3.5, linewidth=1.4)
+                # Error bars only where there is a spread to show: one seed has none.
+                spread = [(a, m, s.std) for a, m, s in zip(at, means, stats) if s.std is not None]
+                if spread:
+                    ax.errorbar([a for a, _, _ in spread], [m for _, m, _ in spread],
+                                yerr=[s for _, _, s in spread], color=tint, linestyle="none",
+                                capsize=2.5, elinewidth=0.9)
+                for value, mean, s, condition in zip(at, means, stats, mine):
+                    if s.n and s.n < len(condition.runs):
+                        ax.annotate(f"n={s.n}", (value, mean), xytext=(3, 2),
+                                    textcoords="offset points", color=tint, **N_LABEL)
+                        dropped = True
                     for _, end_y in condition.diverged_ends(("history", metric), "step"):
-                        points.append((value, end_y, colours[variant], experiment.variants.index(variant)))
+                        points.append((value, end_y, variant))
             marked.append((ax, points))
             _sweep_axis(ax, key, values)
-            ax.set_title("\n".join(filter(None, [title, _wrap(facet_label(facets))])))
-    diverged = _mark_diverged(marked)
+            ax.set_title("\n".join(filter(None, [title if len(columns) > 1 else "", _wrap(facet_label(facets))])))
+    _plot_diverged_values(marked)
+    flat = [ax for row in axes for ax in row]
+    _share(flat, sharey="accuracy" in metric, columns=len(columns))
+    diverged = _strip(marked, experiment.variants, "accuracy" in metric)
     for ax in axes[-1]:
         ax.set_xlabel(KEY_LABELS.get(key, key))
-    figure.supylabel(METRIC_LABELS[metric])
-    _header(figure, experiment, colours, f"{METRIC_LABELS[metric].split(' (')[0]} against "
-            f"{KEY_LABELS.get(key, key).split(' (')[0]}\nmean ± std over {_seeds(experiment.conditions)}"
-            f"{', diverged seeds excluded' if diverged else ''}", diverged)
+    figure.supylabel(metric_label(metric))
+    single = "" if len(columns) > 1 else "final "
+    _header(figure, experiment, f"{single}{metric_label(metric).split(' (')[0]} against "
+            f"{KEY_LABELS.get(key, key).split(' (')[0]}\n{_over(experiment.conditions)}"
+            f"{', diverged seeds excluded' if diverged else ''}"
+            f"{'; n=k: seeds in the mean' if dropped else ''}", diverged, exclude=(key,))
     return figure
 
 
-def activations_figure(experiment: ExperimentResults, colours: dict[str, str], facets: tuple,
-                       conditions: list[Condition], x: str) -> Figure:
+def activations_figure(experiment: ExperimentResults, facets: tuple, conditions: list[Condition],
+                       x: str) -> Figure:
     """Ioffe & Szegedy 2015 Fig. 1 (b, c): 15/50/85th percentiles of each layer's pre-activation,
     one row per layer, variants side by side on a shared y axis so their spreads compare."""
     recorded = [c for c in conditions if c.has("activations")]
@@ -192,17 +351,17 @@ def activations_figure(experiment: ExperimentResults, colours: dict[str, str], f
     figure = _figure(len(recorded), len(layers), height=1.7)
     axes = figure.subplots(len(layers), len(recorded), squeeze=False, sharex=True, sharey="row")
     for col, condition in enumerate(recorded):
-        colour = colours[condition.variant]
-        axes[0, col].set_title(condition.variant, color=colour, fontweight="bold")
+        tint = colour(condition.variant)
+        axes[0, col].set_title(condition.variant, color=tint, fontweight="bold")
         for row, layer in enumerate(layers):
             ax = axes[row, col]
             curves = {stat: condition.curve(("activations", layer, stat), x) for stat, _ in PERCENTILES}
             for stat, width in PERCENTILES:
                 if curves[stat] is not None:
-                    ax.plot(curves[stat].x, curves[stat].mean, color=colour, linewidth=width)
+                    ax.plot(curves[stat].x, curves[stat].mean, color=tint, linewidth=width)
             low, high = curves["p15"], curves["p85"]
             if low is not None and high is not None and len(low.x) == len(high.x):
-                ax.fill_between(low.x, low.mean, high.mean, color=colour, alpha=0.12, linewidth=0)
+                ax.fill_between(low.x, low.mean, high.mean, color=tint, alpha=0.12, linewidth=0)
             if col == 0:
                 ax.set_ylabel(layer.replace("_", " "))
         axes[-1, col].set_xlabel(X_LABELS[x])
@@ -210,31 +369,32 @@ def activations_figure(experiment: ExperimentResults, colours: dict[str, str], f
     handles = [Line2D([], [], color="0.3", linewidth=1.7, label="median"),
                Line2D([], [], color="0.3", linewidth=0.9, label="15th and 85th percentiles")]
     title = (f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: activation "
-             f"percentiles on a probe batch\nmean over {_seeds(recorded)}")
+             f"percentiles on a probe batch\n{_over(recorded, 'mean')}")
     figure.suptitle(title)
-    figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    _legend(figure, handles, experiment)
     return figure
 
 
-def gradients_figure(experiment: ExperimentResults, colours: dict[str, str], facets: tuple,
-                     conditions: list[Condition], x: str) -> Figure:
+def gradients_figure(experiment: ExperimentResults, facets: tuple, conditions: list[Condition],
+                     x: str) -> Figure:
     """Gradient L2 norm of each layer's weights over training, one panel per layer, log scale."""
     recorded = [c for c in conditions if c.has("gradients")]
     paths = sorted({p for c in recorded for p in c.block_keys("gradients")}, key=natural)
     # Kernels are "the layer's gradient"; biases and BN's gamma/beta would double the panels.
-    kernels = [p for p in paths if p.endswith("kernel")] or paths
+    kernels = ([p for p in paths if p.endswith("kernel")] or paths)[:MAX_PANELS]
     figure, axes = _grid(len(kernels), X_LABELS[x])
     for ax, path in zip(axes, kernels):
         for condition in recorded:
             curve = condition.curve(("gradients", path, "norm"), x)
             if curve is not None and np.any(curve.mean > 0):
-                _band(ax, curve.x, curve.mean, curve.std, colours[condition.variant], floor=True)
+                _band(ax, curve.x, curve.mean, curve.std, colour(condition.variant), floor=True, n=curve.n)
         _log_y(ax)
         ax.set_title(path)
+    _share(axes, sharey=False)
     figure.supylabel("gradient L2 norm (log scale)")
-    variants = sorted({c.variant for c in recorded}, key=experiment.variants.index)
-    _header(figure, experiment, {v: colours[v] for v in variants},
-            f"gradient norm of each layer's weights, mean ± std over {_seeds(recorded)}", None, facets)
+    variants = [v for v in experiment.variants if any(c.variant == v for c in recorded)]
+    _header(figure, experiment, f"gradient norm of each layer's weights, {_over(recorded)}", None,
+            facets, variants=variants)
     return figure
 
 
@@ -242,72 +402,139 @@ def gradients_figure(experiment: ExperimentResults, colours: dict[str, str], fac
 
 
 def _figure(columns: int, rows: int, height: float = PANEL[1]) -> Figure:
-    # Extra height holds the two-line header (title and legend) above the panels.
-    return Figure(figsize=(max(MIN_WIDTH, PANEL[0] * columns), height * rows + 0.8), layout="constrained")
+    # Extra height holds the header (title, legend) above the panels and the caption below.
+    return Figure(figsize=(max(MIN_WIDTH, PANEL[0] * columns), height * rows + 1.1), layout="constrained")
 
 
-def _grid(panels: int, xlabel: str, sharey: bool = False) -> tuple[Figure, list[Axes]]:
+def _grid(panels: int, xlabel: str) -> tuple[Figure, list[Axes]]:
     """A figure with `panels` small multiples, wrapped at MAX_COLUMNS, x labels on the lowest ones.
 
-    (Not figure.supxlabel: constrained layout does not keep it clear of a legend below the panels.)
+    (Not figure.supxlabel: it holds the caption.) The axes are independent; `_share` gives them
+    common limits once everything is drawn.
     """
-    columns = min(panels, MAX_COLUMNS)
-    rows = math.ceil(panels / columns)
+    columns = max(1, min(panels, MAX_COLUMNS))
+    rows = max(1, math.ceil(panels / columns))
     figure = _figure(columns, rows)
-    # Shared axes compare honestly across panels, and inner tick labels go (less to lay out).
-    axes = list(figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=sharey).ravel())
-    for ax in axes[panels:]:
-        figure.delaxes(ax)
+    axes = [figure.add_subplot(rows, columns, i + 1) for i in range(max(panels, 1))]
     for ax in axes[max(0, panels - columns):panels]:  # the lowest panel of each column
         ax.set_xlabel(xlabel)
-        ax.xaxis.set_tick_params(labelbottom=True)
     return figure, axes[:panels]
 
 
-def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, colour: str,
-          floor: bool = False) -> None:
-    """A mean line with a ±std band; `floor` keeps the band positive on a log axis."""
+def _share(axes: list[Axes], sharey: bool, x_from_zero: bool = False, columns: int | None = None) -> None:
+    """Common x limits (and y limits when `sharey`) for panels, set once: linear in panels.
+
+    Inner tick labels go: x labels stay on each column's lowest panel, y labels on the first column.
+    `columns`: panels per row when they are not wrapped at MAX_COLUMNS (the sweep figure's columns
+    are final and best, which share x only within a column).
+    """
+    if not axes:
+        return
+    columns = columns or min(len(axes), MAX_COLUMNS)
+    if columns > 1 and columns != min(len(axes), MAX_COLUMNS):
+        groups = [axes[c::columns] for c in range(columns)]  # share within each column
+    else:
+        groups = [axes]
+    for group in groups:
+        lows, highs = zip(*(ax.get_xlim() for ax in group))
+        low, high = (0.0 if x_from_zero else min(lows)), max(highs)
+        if high > low:
+            for ax in group:
+                ax.set_xlim(low, high)
+    if sharey:
+        limits = [ax.get_ylim() for ax in axes if ax.lines or ax.collections]
+        if limits:
+            low, high = min(l for l, _ in limits), max(h for _, h in limits)
+            for ax in axes:
+                ax.set_ylim(low, high)
+    for i, ax in enumerate(axes):
+        if i + columns < len(axes):
+            ax.tick_params(labelbottom=False)
+        if sharey and i % columns:
+            ax.tick_params(labelleft=False)
+
+
+def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, tint: str,
+          floor: bool = False, n: np.ndarray | None = None, style: str = "-", band: bool = True) -> None:
+    """A mean line with a ±std band where two or more seeds had the point (one seed has no spread);
+    `floor` keeps the band positive on a log axis."""
+    ax.plot(x, mean, color=tint, linewidth=1.5, linestyle=style,
+            marker="o" if len(x) <= 12 else None, markersize=2.5)
+    spread = np.ones(len(x), dtype=bool) if n is None else n > 1
+    if not band or not spread.any():
+        return
     low = mean - std
     if floor:
         low = np.where(low > 0, low, mean / 10)
-    ax.plot(x, mean, color=colour, linewidth=1.5, marker="o" if len(x) <= 12 else None, markersize=2.5)
-    ax.fill_between(x, low, mean + std, color=colour, alpha=0.2, linewidth=0)
+    ax.fill_between(x, low, mean + std, where=spread, color=tint, alpha=0.2, linewidth=0)
 
 
-def _mark_diverged(marked: list[tuple[Axes, list[tuple[float, float | None, str, int]]]]) -> str | None:
-    """An x per diverged run (x, last value or None, colour, variant index) at its last recorded
-    value. Runs that recorded none go in a grey strip under the data, one lane per variant.
-    Returns the legend label for these marks, None when there are none.
+def _n_labels(ax: Axes, x: np.ndarray, mean: np.ndarray, n: np.ndarray, seeds: int, tint: str) -> bool:
+    """'n=k' where the count of seeds in the mean changes and is below `seeds`; True if any."""
+    labelled = False
+    for i in range(len(n)):
+        if n[i] < seeds and (i == 0 or n[i] != n[i - 1]):
+            ax.annotate(f"n={int(n[i])}", (x[i], mean[i]), xytext=(2, 3), textcoords="offset points",
+                        color=tint, **N_LABEL)
+            labelled = True
+    return labelled
 
-    Called once per figure, after every panel is drawn: panels that share a y axis must be
-    extended for the strip once, not once each.
-    """
-    extended: set[int] = set()
+
+Points = list[tuple[float, float | None, str]]  # (x, last value or None, variant) per diverged run
+
+
+def _plot_diverged_values(marked: list[tuple[Axes, Points]]) -> None:
+    """An x per diverged run at its last recorded value; several at one place: one x and a count."""
+    for ax, points in marked:
+        stacked = Counter((x, y, variant) for x, y, variant in points if y is not None)
+        for (x, y, variant), count in stacked.items():
+            ax.plot([x], [y], color=colour(variant), **DIVERGED)
+            if count > 1:
+                ax.annotate(f"×{count}", (x, y), xytext=(4, -3), textcoords="offset points",
+                            color=colour(variant), fontsize=7, ha="left", va="top")
+
+
+def _strip(marked: list[tuple[Axes, Points]], variants: list[str], shared: bool) -> str | None:
+    """Runs that diverged before their first eval go in a grey strip under the data, one lane per
+    variant, outside the value scale: the axis line and its ticks stop where the data starts.
+    Returns the legend label for diverged marks, None when there are none."""
     if not any(points for _, points in marked):
         return None
-    for ax, points in marked:
-        for x, y, colour, _ in points:
-            if y is not None:
-                ax.plot([x], [y], color=colour, **DIVERGED)
-    for ax, points in marked:
-        lanes = [(x, colour, lane) for x, y, colour, lane in points if y is None]
+    early = [(ax, [(x, variant) for x, y, variant in points if y is None]) for ax, points in marked]
+    if not any(lanes for _, lanes in early):
+        return "diverged run"
+    lane_of = {v: i for i, v in enumerate(variants)}
+    spacing = STRIP / (len(variants) + 1)
+    for ax, lanes in early:
+        if not (lanes or shared):
+            continue
+        low, high = ax.get_ylim()
+        ticks = [t for t in ax.get_yticks() if low <= t <= high]
+        # The strip, plus a gap so a value at the bottom of the data is not read as in the strip.
+        ax.set_ylim(low - (STRIP + 0.04) / (1 - STRIP - 0.04) * (high - low), high)
+        ax.set_yticks(ticks)  # no tick, so no negative accuracy or loss, inside the strip
+        ax.spines["left"].set_bounds(low, high)
         if not lanes:
             continue
-        siblings = ax.get_shared_y_axes().get_siblings(ax)
-        if not extended.intersection(map(id, siblings)):
-            ax.autoscale_view()
-            low, high = ax.get_ylim()
-            ax.set_ylim(low - STRIP / (1 - STRIP) * (high - low), high)
-            extended.update(map(id, siblings))
-        # A strip, not a value: these runs never reached an eval point.
         ax.add_patch(Rectangle((0, 0), 1, STRIP, transform=ax.transAxes, color="0.92",
                                linewidth=0, zorder=0))
-        for x, colour, lane in lanes:
-            ax.plot([x], [0.045 + 0.06 * lane], color=colour, transform=ax.get_xaxis_transform(),
+        for (x, variant), count in Counter(lanes).items():
+            y = spacing * (1 + lane_of.get(variant, 0))
+            ax.plot([x], [y], color=colour(variant), transform=ax.get_xaxis_transform(),
                     clip_on=False, **DIVERGED)
-    if extended:
-        return "diverged run (grey strip: before its first eval)"
-    return "diverged run"
+            if count > 1:
+                ax.annotate(f"×{count}", (x, y), xycoords=ax.get_xaxis_transform(), xytext=(4, 0),
+                            textcoords="offset points", color=colour(variant), fontsize=7,
+                            ha="left", va="center")
+    return "diverged run (grey strip: before its first eval)"
+
+
+def _modes(experiment: ExperimentResults, metric: str) -> list[tuple[str, str, str]]:
+    """The BN evaluation modes recorded for `metric`, as (history suffix, words, line style)."""
+    if any(metric.endswith(suffix) for suffix, _, _ in MODES[1:]):
+        return [MODES[0]]  # --metric val_accuracy_precise: that series alone, solid
+    recorded = {key for c in experiment.conditions for r in c.runs for key in r.metrics["history"]}
+    return [mode for mode in MODES if metric + mode[0] in recorded]
 
 
 def _log_y(ax: Axes) -> None:
@@ -334,21 +561,94 @@ def _sweep_axis(ax: Axes, key: str, values: list[Any]) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _header(figure: Figure, experiment: ExperimentResults, colours: dict[str, str], what: str,
-            diverged: str | None, facets: tuple = ()) -> None:
-    """Title (experiment: what is shown) above the panels, one legend for the whole figure below."""
-    handles = [Line2D([], [], color=colours[v], linewidth=2, label=v)
-               for v in experiment.variants if v in colours]
+def _header(figure: Figure, experiment: ExperimentResults, what: str, diverged: str | None,
+            facets: tuple = (), modes: tuple | list = (), seeds: bool = False,
+            variants: list[str] | None = None, exclude: tuple[str, ...] = ()) -> None:
+    """Title (experiment: what is shown) and one legend for the whole figure above the panels, a
+    caption of the settings every panel shares below them."""
+    handles = [Line2D([], [], color=colour(v), linewidth=2, label=v)
+               for v in (experiment.variants if variants is None else variants)]
+    handles += [Line2D([], [], color="0.3", linewidth=1.5, linestyle=style, label=words)
+                for _, words, style in modes]
+    if seeds:
+        handles.append(Line2D([], [], color="0.3", linewidth=0.6, alpha=0.5, label="one seed"))
     if diverged:
         handles.append(Line2D([], [], color="0.3", label=diverged, **DIVERGED))
-    figure.suptitle(f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: {what}")
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    title = f"{experiment.name}{', ' + facet_label(facets) if facets else ''}: {what}"
+    figure.suptitle(_fit(title, figure))
+    _legend(figure, handles, experiment, exclude)
 
 
-def _seeds(conditions: list[Condition]) -> str:
+def _fit(title: str, figure: Figure) -> str:
+    """Title lines wrapped to the figure's width (about 13 characters per inch at 9.5 pt)."""
+    chars = int(figure.get_figwidth() * 13)
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in title.split("\n"))
+
+
+def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
+            exclude: tuple[str, ...] = ()) -> None:
+    """One legend for the whole figure below the panels, titled with the caption of the settings
+    every panel shares (constrained layout keeps a legend clear of the panels; a free text it
+    does not)."""
+    # As many columns as fit the figure's width (an entry: about 0.075 inch per character at 8 pt
+    # plus its line sample), so a one-panel figure's legend is not cut at the edges.
+    widest = max((len(h.get_label()) for h in handles), default=1) * 0.075 + 0.55
+    fit = max(1, int(figure.get_figwidth() / widest))
+    columns = min(len(handles), fit)
+    if columns < len(handles):
+        columns = min(columns, math.ceil(len(handles) / math.ceil(len(handles) / columns)))
+    text = caption(experiment, exclude)
+    legend = figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False,
+                           title=textwrap.shorten(text, 160, placeholder=" ...") or None,
+                           title_fontproperties={"size": 7})
+    legend.get_title().set_color("0.35")
+
+
+def caption(experiment: ExperimentResults, exclude: tuple[str, ...] = ()) -> str:
+    """The settings every run of the figure shares, in one line:
+    'mnist, mlp 256-128 relu, adam lr 0.001, batch 32, 5 epochs, all training examples'."""
+    shared = {k: v for k, v in experiment.shared.items() if k not in exclude}
+    parts = []
+    if "data.dataset" in shared:
+        parts.append(str(shared["data.dataset"]))
+    model = []
+    if "model.kind" in shared:
+        model.append(str(shared["model.kind"]))
+    hidden = shared.get("model.hidden")
+    if isinstance(hidden, list):
+        model.append("-".join(format_value(h) for h in hidden))
+    elif "model.depth" in shared and "model.width" in shared:
+        model.append(f"{format_value(shared['model.depth'])}x{format_value(shared['model.width'])}")
+    if "model.activation" in shared:
+        model.append(str(shared["model.activation"]))
+    if model:
+        parts.append(" ".join(model))
+    optimizer = []
+    if "train.optimizer" in shared:
+        optimizer.append(str(shared["train.optimizer"]))
+    if "train.learning_rate" in shared:
+        optimizer.append(f"lr {format_value(shared['train.learning_rate'])}")
+    if optimizer:
+        parts.append(" ".join(optimizer))
+    if "train.batch_size" in shared:
+        parts.append(f"batch {format_value(shared['train.batch_size'])}")
+    if shared.get("train.steps") is not None:
+        parts.append(f"{format_value(shared['train.steps'])} steps")
+    elif "train.epochs" in shared and "train.steps" in shared:
+        parts.append(f"{format_value(shared['train.epochs'])} epochs")
+    if "data.train_limit" in shared:
+        limit = shared["data.train_limit"]
+        parts.append("all training examples" if limit is None else f"{format_value(limit)} training examples")
+    return ", ".join(parts)
+
+
+def _over(conditions: list[Condition], what: str = "mean ± std") -> str:
+    """'mean ± std over 3 seeds', 'mean ± std over 2-3 seeds', or 'one seed (no spread)'."""
     counts = sorted({len(c.runs) for c in conditions})
+    if counts[-1] == 1:
+        return "one seed (no spread)"
     text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return f"{text} seed{'s' * (counts[-1] != 1)}"
+    return f"{what} over {text} seeds"
 
 
 def _wrap(title: str) -> str:
@@ -358,5 +658,4 @@ def _wrap(title: str) -> str:
 
 def _slug(key: str, value: Any) -> str:
     """'learning_rate=0.01': a file-name-safe facet, readable in a directory listing."""
-    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", format_value(value)).strip("_")
-    return f"{key.split('.', 1)[-1]}={text}"
+    return safe_name(f"{key.split('.', 1)[-1]}={format_value(value)}")

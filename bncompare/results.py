@@ -18,6 +18,7 @@ import json
 import math
 import os
 import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ FILE_MODE = 0o666 & ~_umask()
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, content: bytes) -> None:
+    """`write_atomic` for bytes."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,8 +79,8 @@ def write_atomic(path: Path, text: str) -> None:
         raise _naming(e, path) from None
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -125,22 +131,29 @@ class Claim:
         """The claim, or None when a live process holds it."""
         path = run_dir / CLAIM_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(attempts):
+        try:
+            for attempt in range(attempts):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # A reader checking liveness holds a shared lock for a moment; retry briefly
+                    # before concluding another trainer owns the run.
+                    if attempt == attempts - 1:
+                        os.close(fd)
+                        return None
+                    time.sleep(0.05)
+            # The file is never deleted (deleting a lock file races with its next opener); its
+            # content is only for people: who holds the run.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "since": now()}).encode(), 0)
+        except BaseException:  # a full disk refusing the note: no descriptor may leak
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                # A reader checking liveness holds a shared lock for a moment; retry briefly before
-                # concluding another trainer owns the run.
-                if attempt == attempts - 1:
-                    os.close(fd)
-                    return None
-                time.sleep(0.05)
-        # The file is never deleted (deleting a lock file races with its next opener); its content is
-        # only for people: who holds the run.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": now()}).encode(), 0)
+                os.close(fd)
+            except OSError:
+                pass
+            raise
         return cls(fd, path)
 
     def release(self) -> None:
@@ -148,6 +161,18 @@ class Claim:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files an atomic write left behind when its process was killed mid-write.
+
+    Only the claim holder calls this: no live process of this run can be writing them.
+    """
+    for stale in Path(run_dir).glob(".*.tmp"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def claim_holder(run_dir: Path) -> str:
@@ -182,11 +207,12 @@ class MetricsFile:
     """Builds one run's metrics.json, rewriting it atomically at every change."""
 
     def __init__(self, run_dir: Path, *, experiment: str, run_id: str, variant: str,
-                 params: dict[str, Any], environment: dict[str, Any]):
+                 params: dict[str, Any], environment: dict[str, Any],
+                 engine: dict[str, Any] | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.data: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "experiment": experiment, "run_id": run_id,
-            "variant": variant, "status": "running", "params": params,
+            "variant": variant, "status": "running", "engine": engine, "params": params,
             "history": {key: [] for key in HISTORY_KEYS},
             "final": {}, "diverged_at": None, "error": None, "environment": environment,
             "started_at": now(), "finished_at": None,
@@ -197,15 +223,21 @@ class MetricsFile:
         write_json(self.path, self.data)
 
     def add_point(self, point: dict[str, Any], blocks: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
-        """Append one eval point to the history; `blocks` are per-layer records (activations...)."""
-        for key in HISTORY_KEYS:
-            self.data["history"][key].append(point.get(key))
-        for block, layers in (blocks or {}).items():
+        """Append one eval point to the history; `blocks` are recorded series outside the history:
+        per layer ({"activations": {"layer_1": {"p50": value}}}) or flat ({"landscape": {"loss_min":
+        value}})."""
+        history = self.data["history"]
+        for key in dict.fromkeys([*HISTORY_KEYS, *point]):  # extra keys: val_accuracy_precise...
+            history.setdefault(key, []).append(point.get(key))
+        for block, entries in (blocks or {}).items():
             target = self.data.setdefault(block, {})
-            for layer, values in layers.items():
-                series = target.setdefault(layer, {})
-                for stat, value in values.items():
-                    series.setdefault(stat, []).append(value)
+            for name, values in entries.items():
+                if isinstance(values, dict):
+                    series = target.setdefault(name, {})
+                    for stat, value in values.items():
+                        series.setdefault(stat, []).append(value)
+                else:
+                    target.setdefault(name, []).append(values)
         self.save()
 
     def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
@@ -217,11 +249,36 @@ class MetricsFile:
             "best_val_accuracy": max(accuracies) if accuracies else None,
             "train_seconds": last.get("seconds"),
         }
+
         self.data.update(status=status, diverged_at=diverged_at, error=error, finished_at=now())
         self.save()
 
 
+    def exclude_compile(self, seconds: float) -> None:
+        """Take compile time out of `history.seconds` and `final.train_seconds`, and record it.
+
+        Every eval point comes after the first compiled call, which held the compilation, so each
+        cumulative time drops by the same amount.
+        """
+        history = self.data["history"]
+        history["seconds"] = [None if t is None else round(max(t - seconds, 0.0), 3)
+                              for t in history["seconds"]]
+        final = self.data["final"]
+        if final.get("train_seconds") is not None:
+            final["train_seconds"] = history["seconds"][-1]
+        final["compile_seconds"] = round(seconds, 3)
+        self.save()
+
+
 # ---- reading runs back ----------------------------------------------------------------------------
+#
+# Results directories are read as untrusted input: a reader opens only regular files, reads at most
+# MAX_METRICS_BYTES, bounds JSON nesting and number sizes, and checks every field's type, so a
+# hostile or broken file is a skipped run with a reason, never a hang, a memory kill or a traceback.
+
+MAX_METRICS_BYTES = 64 * 2**20  # a 10,000-point history with every optional block is a few MB
+MAX_DEPTH = 32  # metrics.json nests 4 levels (ics/<layer>/l2/[...]); params values a few more
+MAX_INT_DIGITS = 30  # larger integers are read as floats (inf beyond 1e308), not as bignums
 
 
 @dataclass(frozen=True)
@@ -245,46 +302,169 @@ class UnreadableRun(ValueError):
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    """Read one run's metrics; a `running` run whose process is gone reads as `interrupted`."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UnreadableRun("no metrics.json") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UnreadableRun(f"cannot read metrics.json ({e})") from None
+    """Read one run's metrics; a `running` run whose process is gone reads as `interrupted`.
+
+    A reader can race with the writer finishing: it reads `running`, the writer saves `completed`
+    and releases its claim, then the reader finds the claim free. So when the claim is free the
+    file is read again and its newer status believed; only a file that still says `running` after
+    the claim was seen free belongs to a dead process.
+    """
+    run_dir = Path(run_dir)
+    data = _read_metrics(run_dir / METRICS_FILE)
+    if data["status"] == "running" and not is_claimed(run_dir):
+        data = _read_metrics(run_dir / METRICS_FILE)
+        if data["status"] == "running":
+            data["status"] = "interrupted"  # its process died without saying so (SIGKILL, power loss)
+    return RunRecord(run_dir, data)
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics.json parsed and type-checked; UnreadableRun saying why not."""
+    text = _read_regular(path)
     if not text.strip():
         raise UnreadableRun("metrics.json is empty")
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_int=_bounded_int)
+    except RecursionError:
+        raise UnreadableRun("metrics.json is nested too deeply") from None
     except ValueError as e:
         raise UnreadableRun(f"metrics.json is not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if type(schema) is not int or schema != SCHEMA_VERSION:  # `true == 1` in Python: not schema 1
         raise UnreadableRun("metrics.json is not a bncompare metrics file (schema 1)")
-    missing = [k for k in ("run_id", "status", "params", "history") if k not in data]
-    if missing or data["status"] not in STATUSES:
-        raise UnreadableRun(f"metrics.json lacks {', '.join(missing) or 'a known status'}")
-    if data["status"] == "running" and not is_claimed(Path(run_dir)):
-        data["status"] = "interrupted"  # its process died without saying so (SIGKILL, power loss)
-    return RunRecord(Path(run_dir), data)
+    problem = _type_problem(data)
+    if problem:
+        raise UnreadableRun(f"metrics.json {problem}")
+    return data
+
+
+def _read_regular(path: Path) -> str:
+    """The text of a regular file of bounded size (a FIFO, a device or a huge file is refused)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UnreadableRun("no metrics.json") from None
+    except OSError as e:
+        raise UnreadableRun(f"cannot read metrics.json ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableRun("metrics.json is not a regular file")
+        if info.st_size > MAX_METRICS_BYTES:
+            raise UnreadableRun(f"metrics.json is larger than {MAX_METRICS_BYTES // 2**20} MB")
+        chunks, size = [], 0
+        while size <= MAX_METRICS_BYTES:  # the file may grow while we read it
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_METRICS_BYTES:
+            raise UnreadableRun(f"metrics.json is larger than {MAX_METRICS_BYTES // 2**20} MB")
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableRun("metrics.json is not UTF-8 text") from None
+    except OSError as e:
+        raise UnreadableRun(f"cannot read metrics.json ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def _bounded_int(text: str) -> int | float:
+    # Python refuses int() of more than 4,300 digits, and 10**400 overflows every float operation
+    # later: a number that large is read as a float (inf), which the plots treat as a missing value.
+    return int(text) if len(text) <= MAX_INT_DIGITS else float(text)
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# Optional top-level fields and the types they must have when present (None is always allowed).
+_OPTIONAL_TYPES = {"experiment": str, "variant": str, "error": str, "diverged_at": dict,
+                   "final": dict, "environment": dict, "engine": dict, "started_at": str,
+                   "finished_at": str}
+
+
+def _type_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed metrics file's structure, or None."""
+    missing = [k for k in ("run_id", "status", "params", "history") if k not in data]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(data["run_id"], str) or not isinstance(data["status"], str):
+        return "has a run_id or status that is not text"
+    if data["status"] not in STATUSES:
+        return "lacks a known status"
+    if not isinstance(data["params"], dict) or not isinstance(data["history"], dict):
+        return "has params or history of the wrong type"
+    for key, kind in _OPTIONAL_TYPES.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"has {key} of the wrong type ({type(data[key]).__name__}, not {kind.__name__})"
+    for key, values in data["history"].items():
+        if not isinstance(values, list) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            return f"has a history {key!r} that is not a list of numbers"
+    if _depth(data) > MAX_DEPTH:
+        return "is nested too deeply"
+    return None
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth, looking no deeper than MAX_DEPTH + 1 (so never a RecursionError)."""
+    if level > MAX_DEPTH or not isinstance(value, (dict, list)):
+        return level
+    children = value.values() if isinstance(value, dict) else value
+    return max((_depth(child, level + 1) for child in children if isinstance(child, (dict, list))),
+               default=level + 1)
+
+
 def run_dirs(root: Path) -> Iterator[Path]:
-    """Run directories under a results root, an experiment directory, or a run directory itself."""
+    """Run directories under a results root, an experiment directory, or a run directory itself.
+
+    A directory that cannot be listed is yielded as it is, so reading it gives a reason that names
+    it (permission denied) instead of a traceback here.
+    """
     root = Path(root)
-    if (root / METRICS_FILE).exists():
+    if _holds_run(root):
         yield root
         return
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (child / METRICS_FILE).exists() or (child / CLAIM_FILE).exists():
+    children = _subdirectories(root)
+    if children is None:
+        yield root
+        return
+    for child in children:
+        if _holds_run(child):
+            yield child
+            continue
+        grandchildren = _subdirectories(child)
+        if grandchildren is None:
             yield child
         else:
-            yield from (g for g in sorted(child.iterdir())
-                        if g.is_dir() and ((g / METRICS_FILE).exists() or (g / CLAIM_FILE).exists()))
+            yield from (g for g in grandchildren if _holds_run(g))
+
+
+def _holds_run(directory: Path) -> bool:
+    try:
+        return any(os.path.lexists(directory / name) for name in (METRICS_FILE, CLAIM_FILE))
+    except OSError:
+        return False
+
+
+def _subdirectories(directory: Path) -> list[Path] | None:
+    """Visible subdirectories in name order, or None when the directory cannot be listed."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        try:
+            if not entry.name.startswith(".") and entry.is_dir():
+                found.append(Path(entry.path))
+        except OSError:
+            continue
+    return found
 
 
 def read_results(root: Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:

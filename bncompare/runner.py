@@ -1,8 +1,9 @@
-"""Many runs: load data once, skip finished work, claim each run, train it, summarise, exit code.
+"""Many runs in this process: load data once, plan groups, train each, exit codes.
 
 Everything that can fail for a reason the user must fix (missing data, no GPU) fails in `prepare`,
 before any file is written; after that, a problem with one run is recorded in that run and the
-sweep goes on.
+sweep goes on. Every run of an invocation ends with an Outcome, also when the sweep is interrupted
+before reaching it (`not_started`), so the end table and the exit code tell the whole story.
 """
 
 from __future__ import annotations
@@ -11,37 +12,24 @@ import functools
 import platform
 import socket
 import subprocess
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bncompare import __version__, interrupts
 from bncompare.config import Run
-from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, UnreadableRun, claim_holder,
-                               now, read_run, write_config, write_json)
+from bncompare.engines.common import data_key
+from bncompare.lifecycle import InterruptedGroup, Listener, Outcome, execute_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-
-@dataclass
-class Outcome:
-    """What happened to one run in this invocation."""
-
-    run: Run
-    status: str  # completed | diverged | failed | interrupted | skipped (done before) | busy (other process)
-    final: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
+__all__ = ["Outcome", "Prepared", "prepare", "execute", "exit_code", "data_key", "not_started"]
 
 
 @dataclass
 class Prepared:
     datasets: dict[tuple, Any]
     environment: dict[str, Any]
-
-
-def data_key(run: Run) -> tuple:
-    return (run["data.dataset"], run["data.validation"], run["data.train_limit"])
 
 
 def prepare(runs: list[Run], device: str) -> Prepared:
@@ -68,18 +56,34 @@ def load_data(runs: list[Run]) -> dict[tuple, Any]:
     return datasets
 
 
+def release_data() -> None:
+    """Drop this process's cached datasets (the parent of --jobs workers needs none)."""
+    from bncompare.data import _raw, load_dataset
+
+    load_dataset.cache_clear()
+    _raw.cache_clear()
+
+
 def environment(keras, device: str) -> dict[str, Any]:
     """Versions and machine, recorded in every metrics.json."""
-    backend = keras.backend.backend()
-    try:
-        import tensorflow as tf
+    from bncompare.backend import threads
 
-        tf_version = tf.__version__
-    except ImportError:
-        tf_version = None
-    return {"bncompare": __version__, "python": platform.python_version(), "tensorflow": tf_version,
-            "keras": keras.__version__, "backend": backend, "device": device,
-            "git_commit": _git_commit(), "hostname": socket.gethostname()}
+    backend = keras.backend.backend()
+    return {"bncompare": __version__, "python": platform.python_version(),
+            "tensorflow": _installed("tensorflow"), "keras": keras.__version__, "backend": backend,
+            **({backend: _installed(backend)} if backend != "tensorflow" else {}),
+            "device": device, "threads": threads(), "git_commit": _git_commit(),
+            "hostname": socket.gethostname()}
+
+
+def _installed(package: str) -> str | None:
+    """A package's installed version, without importing it (importing TensorFlow takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,121 +96,74 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def finished_record(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a completed or diverged run in `run_dir`, else None."""
-    try:
-        record = read_run(run_dir)
-    except UnreadableRun:
-        return None
-    return record.metrics if record.status in FINISHED else None
+def not_started(runs: list[Run]) -> list[Outcome]:
+    return [Outcome(run, "not_started", note="the sweep stopped before this run") for run in runs]
 
 
-def execute(runs: list[Run], out: Path, prepared: Prepared, display, *, force: bool = False) -> list[Outcome]:
-    """Train every run that is not finished yet; stop at the first interrupt (Ctrl-C, SIGTERM)."""
-    from bncompare import packed
-    from bncompare.backend import import_keras
-    from bncompare.train import train_and_evaluate
+def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *,
+            force: bool = False) -> tuple[list[Outcome], bool]:
+    """Train every run that is not finished yet, group by group; stop at the first interrupt.
 
-    outcomes: list[Outcome] = []
-    display.sweep_started(runs)
-    with interrupts.stop_at_safe_points():
-        # `train.pack: auto` trains runs that see identical batches together (see packed.py).
-        for group, pack in packed.plan(runs, import_keras().backend.backend()):
-            if pack:
-                done = packed.execute_pack(group, out, prepared, display, force)
-            else:
-                try:
-                    interrupts.check()
-                    done = [execute_one(group[0], out, prepared, display, force, train_and_evaluate)]
-                except KeyboardInterrupt:  # between runs: nothing of this run was written
-                    done = [Outcome(group[0], "interrupted", note="interrupted")]
-                display.run_finished(done[0])
-            outcomes.extend(done)
-            if any(outcome.status == "interrupted" for outcome in done):
-                break
-    return outcomes
-
-
-def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Outcome | None]:
-    """Skip a finished run, else claim it and write its config.yaml.
-
-    Returns (run_dir, claim, None) when this process is to train the run, else
-    (run_dir, None, outcome) saying why not (done before, busy elsewhere, disk refused).
+    A run another process is training ("busy") is waited for at the end, then skipped if that
+    process finished it, or trained here if it failed or was interrupted: every run of this
+    invocation ends with its own outcome, and exit code 0 means every one of them is a result.
+    Returns an Outcome per run (in run order) and whether the sweep was interrupted.
     """
-    run_dir = out / run.experiment / run.run_id
-    done = None if force else finished_record(run_dir)
-    if done:
-        return run_dir, None, Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        claim = Claim.acquire(run_dir)
-    except OSError as e:
-        return run_dir, None, _cannot_write(run, run_dir, e)
-    if claim is None:
-        return run_dir, None, Outcome(run, "busy", note=f"being trained by {claim_holder(run_dir)}")
-    # Another process may have finished it between our first look and our claim.
-    done = None if force else finished_record(run_dir)
-    if done:
-        claim.release()
-        return run_dir, None, Outcome(run, "skipped", done.get("final") or {}, f"already {done['status']}")
-    try:
-        write_run_config(run_dir, run)
-    except OSError as e:
-        claim.release()
-        return run_dir, None, _cannot_write(run, run_dir, e)
-    return run_dir, claim, None
+    outcomes: dict[int, Outcome] = {}
+    index = {id(run): i for i, run in enumerate(runs)}
+    display.sweep_started(runs)
+    todo, interrupted = list(runs), False
+    with interrupts.stop_at_safe_points():
+        while todo and not interrupted:
+            done, interrupted = _train_groups(todo, out, prepared, display, force)
+            for outcome in done:
+                outcomes[index[id(outcome.run)]] = outcome
+            todo = [o.run for o in done if o.status == "busy"]
+            if todo and not interrupted:
+                interrupted = not wait_for_others(todo, out, display)
+                force = False  # what another process finished meanwhile is a result: keep it
+    rest = [run for i, run in enumerate(runs) if i not in outcomes]
+    for outcome in not_started(rest):
+        outcomes[index[id(outcome.run)]] = outcome
+    return [outcomes[i] for i in range(len(runs))], interrupted
 
 
-def write_run_config(run_dir: Path, run: Run) -> None:
-    write_config(run_dir / CONFIG_FILE, run.to_config(),
-                 f"bncompare {__version__}: resolved config of run {run.run_id} "
-                 f"(`bncompare run` this file to reproduce it)")
+def _train_groups(runs: list[Run], out: Path, prepared: Prepared, display: Listener,
+                  force: bool) -> tuple[list[Outcome], bool]:
+    from bncompare import engines
+    from bncompare.backend import import_keras
 
-
-def _cannot_write(run: Run, run_dir: Path, error: OSError) -> Outcome:
-    return Outcome(run, "failed", note=f"cannot write {error.filename or run_dir}: {error.strerror or error}")
-
-
-def execute_one(run: Run, out: Path, prepared: Prepared, display, force: bool, train) -> Outcome:
-    """Train one run unless it is finished or claimed elsewhere; never raises for one bad run."""
-    run_dir, claim, outcome = claim_run(run, out, force)
-    if outcome is not None:
-        return outcome
-    try:
-        status = train(run, run_dir, prepared.datasets[data_key(run)],
-                       environment=prepared.environment, listener=display)
-    except KeyboardInterrupt:
-        return Outcome(run, "interrupted", note="interrupted")
-    except OSError as e:  # the disk said no (read-only, full) while saving this run
-        return _cannot_write(run, run_dir, e)
-    except Exception as e:  # noqa: BLE001 - a bug outside training's own guard must not stop the sweep
-        _record_failure(run_dir, e)
-        return Outcome(run, "failed", note=f"{type(e).__name__}: {e}")
-    finally:
-        claim.release()
-    metrics = read_run(run_dir).metrics
-    note = (metrics.get("error") or "").splitlines()[0] if status == "failed" else ""
-    return Outcome(run, status, metrics.get("final") or {}, note)
-
-
-def _record_failure(run_dir: Path, error: Exception) -> None:
-    """Mark a run that broke outside training's own error handling as failed, if it has a file."""
-    try:
-        metrics = read_run(run_dir).metrics
-    except UnreadableRun:  # it broke before its metrics.json existed: the outcome says why
-        return
-    if metrics["status"] == "running":
-        metrics.update(status="failed", finished_at=now(),
-                       error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+    done: list[Outcome] = []
+    for group in engines.plan(runs, import_keras().backend.backend(), prepared.datasets):
         try:
-            write_json(run_dir / METRICS_FILE, metrics)
-        except OSError:
-            pass
+            interrupts.check()
+            done += execute_group(engines.get(group.engine), group.runs, out,
+                                  prepared.datasets[data_key(group.runs[0])], prepared.environment,
+                                  display, force)
+        except InterruptedGroup as stop:
+            return done + stop.outcomes, True
+        except KeyboardInterrupt:  # between groups: nothing of this group was written
+            return done, True
+    return done, False
+
+
+def wait_for_others(runs: list[Run], out: Path, display: Listener, poll: float = 1.0) -> bool:
+    """Wait until no other process holds the claim of any of `runs`; False when interrupted."""
+    import time
+
+    from bncompare.results import is_claimed
+
+    display.waiting(runs)
+    while any(is_claimed(out / run.experiment / run.run_id) for run in runs):
+        if interrupts.requested():
+            return False
+        time.sleep(poll)
+    return True
 
 
 def exit_code(outcomes: list[Outcome], interrupted: bool = False) -> int:
+    """130 interrupted (or a run never reached), 1 a run failed, else 0."""
     statuses = {o.status for o in outcomes}
-    if interrupted or "interrupted" in statuses:
+    if interrupted or statuses & {"interrupted", "not_started"}:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if "failed" in statuses else EXIT_OK
-

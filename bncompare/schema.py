@@ -14,12 +14,25 @@ from typing import Any, Callable
 
 Check = Callable[[Any], Any]
 
+# Bounds on what a config may ask for, so that a typo fails in `validate`, not hours into a run or
+# deep inside Keras (a 1000-layer Sequential model overflows Python's recursion limit).
+MAX_DEPTH = 256  # hidden layers / conv blocks
+MAX_WIDTH = 100_000  # units or filters per layer
+MAX_STEPS = 10**8  # optimizer steps of one run, whether given as train.steps or train.epochs
+MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+
 
 # ---- value checks ------------------------------------------------------------------------------
 
 
 def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, bool) else str(value).lower()
+    """The value as a one-line error shows it: YAML spelling for booleans, long ones shortened."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return _short(value)
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def boolean(value: Any) -> bool:
@@ -28,19 +41,25 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {_describe(value)}")
 
 
-def integer(minimum: int | None = None) -> Check:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(value: Any) -> int:
         # bool is a subclass of int in Python; `depth: true` is a typo, not 1.
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise ValueError(f"expected an integer{_bound(minimum)}, got {_describe(value)}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"expected an integer{_bound(minimum)}, got {value}")
+                raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_describe(value)}")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_short(value)}")
         return value
 
     return check
+
+
+def _short(value: int) -> str:
+    """An integer as the user can read it in a one-line error, however many digits it has."""
+    text = str(value)
+    return text if len(text) <= 20 else f"a number of {len(text)} digits"
 
 
 def number(minimum: float | None = None, *, above: float | None = None,
@@ -52,9 +71,14 @@ def number(minimum: float | None = None, *, above: float | None = None,
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number{limits}, got {_describe(value)}")
-        value = float(value)
+        try:
+            value = float(value)  # an integer such as 10**400 does not fit a float
+        except OverflowError:
+            raise ValueError(f"expected a number{limits}, got {_short(value)}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a number{limits}, got {_describe(value)}")
         if ((minimum is not None and value < minimum) or (above is not None and value <= above)
                 or (maximum is not None and value > maximum) or (below is not None and value >= below)):
             raise ValueError(f"expected a number{limits}, got {value:g}")
@@ -104,10 +128,12 @@ def either(literal: str, inner: Check, what: str) -> Check:
     return check
 
 
-def list_of(inner: Check, *, non_empty: bool = True) -> Check:
+def list_of(inner: Check, *, non_empty: bool = True, maximum: int | None = None) -> Check:
     def check(value: Any) -> list:
         if not isinstance(value, list) or (non_empty and not value):
             raise ValueError(f"expected a {'non-empty ' if non_empty else ''}list, got {_describe(value)}")
+        if maximum is not None and len(value) > maximum:
+            raise ValueError(f"expected a list of at most {maximum} items, got {len(value)}")
         out = []
         for i, item in enumerate(value):
             try:
@@ -119,7 +145,11 @@ def list_of(inner: Check, *, non_empty: bool = True) -> Check:
     return check
 
 
-def _bound(minimum: int | None) -> str:
+def _bound(minimum: int | None, maximum: int | None = None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum:,}"
+    if maximum is not None:
+        return f" <= {maximum:,}"
     return f" >= {minimum}" if minimum is not None else ""
 
 
@@ -131,6 +161,17 @@ INITIALIZERS: dict[str, tuple[str, ...]] = {
     "random_normal": ("mean", "stddev"), "random_uniform": ("minval", "maxval"),
     "truncated_normal": ("mean", "stddev"), "constant": ("value",), "orthogonal": ("gain",),
     "variance_scaling": ("scale", "mode", "distribution"),
+}
+
+
+# What Keras accepts for each argument (VarianceScaling raises on a scale <= 0 or an unknown mode or
+# distribution; a negative standard deviation is meaningless), checked here for the same reason.
+INITIALIZER_ARGUMENTS: dict[str, Check] = {
+    "mean": number(), "stddev": number(minimum=0), "minval": number(), "maxval": number(),
+    "value": number(), "gain": number(),
+    "scale": number(above=0),
+    "mode": one_of("fan_in", "fan_out", "fan_avg"),
+    "distribution": one_of("truncated_normal", "untruncated_normal", "uniform", "normal"),
 }
 
 
@@ -147,10 +188,26 @@ def initializer(value: Any) -> Any:
     for key in kwargs:
         if key not in INITIALIZERS[name]:
             allowed = ", ".join(INITIALIZERS[name]) or "no arguments"
-            raise ValueError(f"initializer {name!r} takes {allowed}; got {key!r}")
-        if key not in ("mode", "distribution"):
-            kwargs[key] = number()(kwargs[key])
+            raise ValueError(f"initializer {name!r} takes {allowed}; got {_describe(key)}")
+        try:
+            kwargs[key] = INITIALIZER_ARGUMENTS[key](kwargs[key])
+        except ValueError as e:
+            raise ValueError(f"initializer {name!r}: {key}: {e}") from None
+    if name in ("random_uniform",) and kwargs.get("minval", -0.05) >= kwargs.get("maxval", 0.05):
+        raise ValueError(f"initializer {name!r}: minval must be below maxval")
     return name if not kwargs else {"name": name, **dict(sorted(kwargs.items()))}
+
+
+def bn_eval_modes(value: Any) -> list[str]:
+    """A list of BN evaluation modes that includes moving, in the canonical order (so that
+    [batch, moving] and [moving, batch] name the same run)."""
+    modes = list_of(one_of(*BN_EVAL_MODES))(value)
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"expected each mode once, got {_describe(value)}")
+    if "moving" not in modes:
+        raise ValueError("expected a list that includes moving (val_loss/val_accuracy always use "
+                         f"the moving averages), e.g. [moving, precise]; got {_describe(value)}")
+    return [mode for mode in BN_EVAL_MODES if mode in modes]
 
 
 def pack_mode(value: Any) -> str:
@@ -214,6 +271,7 @@ class Option:
 MODEL_KINDS = ("mlp", "cnn", "resmlp", "rescnn")
 NORMS = ("none", "batch", "layer", "group", "rms", "renorm", "ghost")
 RENORM_CLIPPING = {"rmax": 3.0, "dmax": 5.0}  # Ioffe 2017's final values
+BN_EVAL_MODES = ("moving", "precise", "batch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu", "linear")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
@@ -234,13 +292,16 @@ SCHEMA: dict[str, Option] = {
     "model.kind": Option("mlp", "mlp | cnn | resmlp | rescnn (pre-activation residual versions: "
                          "a stem, then blocks of two hidden layers with a skip connection)",
                          one_of(*MODEL_KINDS), short="kind"),
-    "model.depth": Option(2, "hidden layers (mlp, resmlp) or conv blocks (cnn, rescnn); residual "
-                          "networks have depth/2 blocks of two, so depth must be even there",
-                          integer(minimum=1), short="depth"),
-    "model.width": Option(128, "units (mlp) or filters (cnn) per layer", integer(minimum=1),
+    "model.depth": Option(2, "hidden layers (mlp, resmlp) or conv blocks (cnn, rescnn), at most "
+                          f"{MAX_DEPTH}; residual networks have depth/2 blocks of two, so depth "
+                          "must be even there", integer(minimum=1, maximum=MAX_DEPTH),
+                          short="depth"),
+    "model.width": Option(128, "units (mlp) or filters (cnn) per layer",
+                          integer(minimum=1, maximum=MAX_WIDTH),
                           short="width"),
     "model.hidden": Option(None, "explicit per-layer sizes, e.g. [256, 128]; overrides depth/width",
-                           optional(list_of(integer(minimum=1))), short="hidden"),
+                           optional(list_of(integer(minimum=1, maximum=MAX_WIDTH), maximum=MAX_DEPTH)),
+                           short="hidden"),
     "model.activation": Option("relu", "relu | sigmoid | tanh | elu | gelu | linear",
                                one_of(*ACTIVATIONS), short="act"),
     "model.batch_norm": Option(False, "insert BatchNormalization in every hidden layer", boolean,
@@ -273,6 +334,11 @@ SCHEMA: dict[str, Option] = {
     "model.bn_momentum": Option(0.99, "BatchNormalization moving-average momentum",
                                 number(minimum=0, below=1), short="bnmom"),
     "model.bn_epsilon": Option(0.001, "BatchNormalization epsilon", number(above=0), short="bneps"),
+    "model.bn_variance": Option(
+        "biased", "variance BN uses at inference: biased (Keras: the average of the biased batch "
+        "variances) | unbiased (times m/(m-1), m = values per batch statistic: Ioffe & Szegedy "
+        "2015, Algorithm 2; matters at batch sizes <= 8). Training is unchanged",
+        one_of("biased", "unbiased"), short="bnvar", added=2),
     "model.init": Option("glorot_uniform", "Keras initializer for the weights: a name, or "
                          "{name: random_normal, stddev: 0.05}", initializer, short="init"),
     "model.dropout": Option(0.0, "dropout rate after every hidden layer (0: none)",
@@ -287,29 +353,32 @@ SCHEMA: dict[str, Option] = {
                                  number(minimum=0), short="wd"),
     "train.batch_size": Option(32, "examples per optimizer step", integer(minimum=1), short="bs"),
     "train.epochs": Option(5, "passes over the training data (ignored when steps is set)",
-                           optional(integer(minimum=1)), short="ep"),
-    "train.steps": Option(None, "total optimizer steps; overrides epochs when set",
-                          optional(integer(minimum=1)), short="steps"),
+                           optional(integer(minimum=1, maximum=MAX_STEPS)), short="ep"),
+    "train.steps": Option(None, f"total optimizer steps (at most {MAX_STEPS:,}); overrides "
+                          "epochs when set", optional(integer(minimum=1, maximum=MAX_STEPS)),
+                          short="steps"),
     "train.precision": Option("float32", "float32 | mixed_float16 | mixed_bfloat16: compute in "
                               "16 bits, keep weights in 32 (Keras mixed precision; helps on GPUs "
                               "with tensor cores, not on CPUs)",
                               one_of("float32", "mixed_float16", "mixed_bfloat16"), short="prec"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
-                          "aggregate over seeds", list_of(integer(minimum=0))),
+                          "aggregate over seeds (each from 0 to 2**32 - 1, as NumPy and Keras take them)",
+                          list_of(integer(minimum=0, maximum=MAX_SEED))),
     # speed only: these never change what a run learns, so they stay out of run ids
     "train.steps_per_execution": Option(
         "auto", "optimizer steps per compiled call (auto: 128). Divergence checks and progress "
         "happen once per call, so a NaN loss is reported at the end of the call it occurred in",
         either("auto", integer(minimum=1), "a number of steps >= 1"), in_run_id=False),
     "train.jit_compile": Option(
-        "auto", "compile training with XLA: auto (on, measured 2x faster on CPU; off for models "
-        "with dropout, whose random masks XLA would draw differently) | true | false",
+        "auto", "compile training with XLA: auto (TensorFlow: off, so every path learns what the "
+        "plain path learns bit for bit; JAX: always on) | true (TensorFlow: opt-in; XLA reorders "
+        "float sums, so a BN run learns something slightly different, see README) | false",
         either("auto", boolean, "true or false"), in_run_id=False),
     "train.pack": Option(
-        "auto", "auto: runs of one invocation that share data, batch size, schedule and seed train "
-        "together in one compiled step on identical batches (TensorFlow backend; runs recording "
-        "activations, gradients or TensorBoard train alone) | off: one run after another",
-        pack_mode, in_run_id=False),
+        "auto", "auto: the planner groups runs for the backend's engine (TensorFlow: runs that "
+        "share data, batch size, schedule and seed train together in one compiled loop; JAX: many "
+        "runs as one vmapped program) and learn what they learn alone | off: one run at a time "
+        "through Keras fit", pack_mode, in_run_id=False),
     # record
     "record.eval_every": Option("epoch", 'evaluate on the validation data every "epoch" or every N '
                                 "optimizer steps (step-level curves)",
@@ -319,8 +388,36 @@ SCHEMA: dict[str, Option] = {
                                  "pre-activation at each eval point", boolean),
     "record.gradients": Option(False, "record per-layer gradient L2 norms at each eval point",
                                boolean),
+    "record.bn_eval": Option(
+        ["moving"], "how BN layers are evaluated at each eval point, any of: moving (Keras's moving "
+        "averages: val_loss/val_accuracy, always on) | precise (PreciseBN, Wu & Johnson 2021: "
+        "population statistics re-estimated with the weights frozen: val_loss_precise, "
+        "val_accuracy_precise) | batch (each validation batch of train.batch_size normalised with "
+        "its own statistics, as in training: val_loss_batch, val_accuracy_batch)",
+        bn_eval_modes, short="bneval", added=2),
+    "record.precise_examples": Option(
+        2048, "training examples PreciseBN averages over (the first N, in full batches of "
+        "train.batch_size); Wu & Johnson 2021 find 10^3-10^4 enough for stable estimates",
+        integer(minimum=1), short="precise", added=2),
+    "record.train_eval": Option(
+        0, "N > 0: evaluate the first N training examples in inference mode at each eval point "
+        "(train_eval_loss, train_eval_accuracy: the generalisation gap without dropout or batch "
+        "statistics) | 0: off", integer(minimum=0), short="traineval", added=2),
     "record.tensorboard": Option(False, "write TensorBoard event files into each run directory",
                                  boolean, in_run_id=False),
+    "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
+                                   "start from the untrained model; instruments measure it too)",
+                                   boolean, added=2),
+    "record.landscape": Option(False, "Santurkar et al. 2018 loss-landscape probes at each eval "
+                               "point: loss band, gradient predictiveness and effective "
+                               "beta-smoothness along the gradient (costs 1 + len(landscape_factors) "
+                               "gradient evaluations per eval point)", boolean, added=2),
+    "record.landscape_factors": Option([0.5, 1.0, 2.0, 4.0], "the landscape probes' step sizes, as "
+                                       "multiples of train.learning_rate",
+                                       list_of(number(above=0)), added=2),
+    "record.ics": Option(False, "Santurkar et al. 2018 internal covariate shift (Def. 2.1) of each "
+                         "weight layer at each eval point: l2 distance and cosine between its "
+                         "gradient before and after the preceding layers' update", boolean, added=2),
 }
 
 SECTIONS = ("data", "model", "train", "record")

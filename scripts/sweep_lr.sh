@@ -5,7 +5,9 @@
 #
 #   scripts/sweep_lr.sh [--parallel] [CONFIG [OUT_DIR]] [BNCOMPARE_RUN_OPTIONS...]
 #
-#   CONFIG      default configs/mnist.yaml        OUT_DIR   default results
+#   CONFIG      default configs/mnist.yaml        OUT_DIR   default results/sweep_lr
+#               (its own directory: the sweep's runs do not mix with `bncompare run CONFIG`'s in
+#               results/, where a plot would read their other differences, e.g. epochs, as a sweep)
 #   --parallel  start every learning rate at once (`&` + `wait`) instead of one after another
 #   LRS         environment variable: the learning rates, default "0.001 0.01 0.1 1.0"
 #   options     passed on to every `bncompare run`, e.g. --set model.depth=4 --quiet
@@ -16,7 +18,7 @@ set -u
 parallel=0
 if [ "${1:-}" = "--parallel" ]; then parallel=1; shift; fi
 config=configs/mnist.yaml
-out=results
+out=results/sweep_lr
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then config=$1; shift; fi
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out=$1; shift; fi
 lrs=${LRS:-0.001 0.01 0.1 1.0}

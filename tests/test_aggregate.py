@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from results_fixtures import SWEEP, runs_from, sweep_results, write_run
 
-from bncompare.aggregate import NoResults, Stats, load, mean_curve
+from bncompare.aggregate import BadFilter, NoResults, Reduction, Stats, clean, load, mean_curve
 from bncompare.results import Claim, METRICS_FILE
 
 
@@ -16,17 +16,18 @@ def test_conditions_group_seeds_and_facet_by_swept_key(tmp_path):
     results = load(sweep_results(tmp_path))
     [experiment] = results.experiments
     assert experiment.name == "sweep"
-    assert experiment.variants == ["bn", "no_bn"] == results.variants
+    # The baseline first, then in the order runs started (the config's order).
+    assert experiment.variants == ["no_bn", "bn"] == results.variants
     # model.batch_norm varies too, but only between variants: it is the colour, not a facet.
     assert experiment.facet_keys == ["train.learning_rate"] == experiment.sweep_keys
     assert [(c.variant, c.facets) for c in experiment.conditions] == [
-        (v, (("train.learning_rate", lr),)) for lr in (0.01, 0.1, 50.0) for v in ("bn", "no_bn")]
+        (v, (("train.learning_rate", lr),)) for lr in (0.01, 0.1, 50.0) for v in ("no_bn", "bn")]
     assert all(len(c.runs) == 3 for c in experiment.conditions)
 
 
 def test_final_and_best_are_mean_and_sample_std_over_seeds(tmp_path):
     experiment = load(sweep_results(tmp_path)).experiments[0]
-    no_bn = experiment.conditions[1]
+    no_bn = experiment.conditions[0]
     final = no_bn.final("val_accuracy")  # seeds: 0.5, 0.6, 0.7
     assert (final.mean, final.n) == (pytest.approx(0.6), 3)
     assert final.std == pytest.approx(0.1)  # sample std (n - 1)
@@ -37,7 +38,7 @@ def test_final_and_best_are_mean_and_sample_std_over_seeds(tmp_path):
 
 def test_diverged_runs_are_counted_but_not_averaged(tmp_path):
     experiment = load(sweep_results(tmp_path)).experiments[0]
-    bn_50, no_bn_50 = experiment.conditions[4:]
+    no_bn_50, bn_50 = experiment.conditions[4:]
     assert bn_50.statuses == {"diverged": 3}
     assert bn_50.final("val_accuracy") == Stats(None, None, 0)
     # x from diverged_at, y the last recorded value; None when it diverged before any eval.
@@ -129,3 +130,70 @@ def test_a_directory_of_only_unfinished_runs_loads_with_nothing_to_show(tmp_path
     write_run(tmp_path / "results", run, [0.5], status="failed")
     results = load(tmp_path / "results")
     assert results.experiments == [] and len(results.skipped) == 1
+
+
+# ---- filters and watching ---------------------------------------------------------------------------
+
+
+def test_where_keeps_matching_runs_by_full_or_short_key_and_typed_value(tmp_path):
+    out = sweep_results(tmp_path)
+    assert load(out, where=["train.learning_rate=0.1"]).runs == 6
+    assert load(out, where=["learning_rate=1e-1"]).runs == 6  # YAML 1.1 reads 1e-1 as text: a number here
+    assert load(out, where=["learning_rate=0.1", "variant=bn"]).runs == 3
+    assert load(out, where=["model.batch_norm=true"]).runs == 9
+    with pytest.raises(BadFilter, match="unknown key"):
+        load(out, where=["lr=0.1"])
+    with pytest.raises(BadFilter, match="expected KEY=VALUE"):
+        load(out, where=["learning_rate"])
+    with pytest.raises(NoResults, match="no run matches --where learning_rate=0.5"):
+        load(out, where=["learning_rate=0.5"])
+
+
+def test_runs_left_out_by_a_filter_are_not_reported_as_skipped(tmp_path):
+    out = sweep_results(tmp_path)
+    write_run(out, runs_from(tmp_path, SWEEP, ["train.learning_rate=0.3"])[0], [0.5], status="failed")
+    assert len(load(out).skipped) == 1
+    assert load(out, where=["learning_rate=0.1"]).skipped == []
+
+
+def test_experiment_option_picks_one_experiment(tmp_path):
+    out = sweep_results(tmp_path)
+    write_run(out, runs_from(tmp_path, "name: other\ndata: {dataset: synthetic}\n")[0], [0.4])
+    assert [e.name for e in load(out, experiment="other").experiments] == ["other"]
+    with pytest.raises(BadFilter, match=r"--experiment 'nope': no such experiment .*\(experiments: other, sweep\)"):
+        load(out, experiment="nope")
+
+
+def test_include_running_uses_live_partial_curves(tmp_path):
+    out = tmp_path / "results"
+    runs = runs_from(tmp_path, "name: e\ndata: {dataset: synthetic}\n")
+    write_run(out, runs[0], [0.5, 0.6])
+    live = write_run(out, runs[1], [0.3], status=None)
+    claim = Claim.acquire(live)
+    try:
+        assert [why for _, why in load(out).skipped] == ["still running"]
+        watched = load(out, include_running=True)
+    finally:
+        claim.release()
+    assert watched.skipped == [] and watched.runs == 2
+    condition = next(c for c in watched.experiments[0].conditions if c.variant == runs[1].variant)
+    assert condition.statuses == {"running": 1}
+    assert condition.curve(("history", "val_accuracy"), "epoch").mean.tolist() == [0.3]
+
+
+def test_reductions_parse_and_reduce():
+    values = np.array([0.2, 0.9, 0.5, 0.6])
+    assert Reduction.parse("final").of(values, "val_accuracy") == 0.6
+    assert Reduction.parse("best").of(values, "val_accuracy") == 0.9
+    assert Reduction.parse("best").of(values, "val_loss") == 0.2
+    assert Reduction.parse("last:2").of(values, "val_accuracy") == pytest.approx(0.55)
+    assert Reduction.parse("last:9").of(values, "val_accuracy") == pytest.approx(0.55)
+    assert Reduction.parse("final").of(np.array([0.5, np.nan]), "val_accuracy") is None
+    for bad in ("last", "last:0", "last:-1", "mean", "last:2x"):
+        with pytest.raises(BadFilter):
+            Reduction.parse(bad)
+
+
+def test_clean_rounds_floats_to_six_significant_digits():
+    assert clean(0.7099999785423279) == 0.71
+    assert clean({"a": [1.0000001, math.nan, 3]}) == {"a": [1.0, None, 3]}

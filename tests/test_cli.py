@@ -146,3 +146,130 @@ def test_end_to_end_on_real_mnist(tmp_path):
         assert m["status"] == "completed" and m["history"]["step"] == [188, 376]
         assert m["final"]["val_accuracy"] > 0.9, m["final"]  # 6,000 MNIST digits, 2 epochs
         assert m["environment"]["backend"] == "tensorflow" and m["environment"]["tensorflow"]
+
+
+# ---- hardening (issues 16 and 17): conventions, no-ops, paths, signals, pipes ----------------------
+
+
+def test_help_conventions():
+    short, long = invoke("-h"), invoke("--help")
+    assert short.exit_code == 0 and short.output == long.output
+    assert "--install-completion" in long.output  # Typer's shell completion
+    for command in ("run", "validate", "plot", "summary"):
+        result = invoke(command, "-h")
+        assert result.exit_code == 0 and "<bool>" not in result.output, command
+    assert "--dry-run" in invoke("run", "-h").output
+
+
+def test_validate_takes_several_configs_and_reports_each():
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    result = invoke("validate", *configs)
+    assert result.exit_code == 0, result.output
+    assert all(f"{path}: valid" in result.output for path in configs)
+
+
+def test_validate_reports_every_invalid_config_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {depth: 0}\n")
+    result = invoke("validate", ROOT / "configs" / "mnist.yaml", bad)
+    assert result.exit_code == 2
+    assert "configs/mnist.yaml: valid" in result.output
+    assert f"error: {bad}:1: model.depth: expected an integer from 1 to 256, got 0" in result.output
+    assert "1 of 2 configs are invalid" in result.output
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.depth=4", "--set model.depth=4: has no effect: model.hidden = [256, 128]"),
+    ("model.batch_norm=true", "are the same config, trained twice under two names"),
+])
+def test_no_op_overrides_fail_before_anything_is_written(tmp_path, override, expected):
+    out = tmp_path / "results"
+    result = invoke("run", ROOT / "configs" / "mnist.yaml", "--set", override, "--out", out)
+    assert result.exit_code == 2 and expected in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_out_naming_a_file_is_a_usage_error(tmp_path, tiny_config):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile, afile / "inner"):
+        result = invoke("run", tiny_config, "--out", out)
+        assert result.exit_code == 2
+        assert result.output.strip() == f"error: --out {out}: {afile} is a file; give a directory for the results"
+    assert afile.read_text() == ""
+
+
+def test_out_is_checked_before_tensorflow_is_imported(tmp_path, tiny_config):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code = ("import sys; from bncompare.cli import app; "
+            f"app(['run', {str(tiny_config)!r}, '--out', {str(afile)!r}], standalone_mode=False); ")
+    done = subprocess.run([sys.executable, "-c", code + "print('tensorflow' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert "is a file" in done.stderr and "True" not in done.stdout
+
+
+def test_control_characters_in_echoed_keys_are_escaped(tmp_path, tiny_config):
+    result = invoke("validate", tiny_config, "--set", "model.\x1b[31mdepth\x07=3")
+    assert result.exit_code == 2
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "model.\\x1b[31mdepth\\x07=3: unknown key" in result.output
+
+
+HUGE_SWEEP = "data: {dataset: synthetic}\ntrain: {seeds: [%s]}\nsweep: {train.learning_rate: [%s]}\n" % (
+    ", ".join(map(str, range(100))), ", ".join(f"0.{i + 1:03d}" for i in range(100)))
+
+
+def _wait_for_handlers(pid: int, timeout: float = 30.0) -> None:
+    """Wait until process `pid` catches SIGTERM: bncompare's first lines have run. Before that,
+    Python is still starting and its defaults apply, which no program can change."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return  # exited already
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError("bncompare did not install its signal handlers")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_signal_during_start_up_exits_130_quietly(tmp_path, signal_name, command):
+    """From the moment bncompare's first line installs its handlers (before that only Python's own
+    start-up runs), a signal at any time gives 130 and no traceback."""
+    import signal
+
+    config = tmp_path / "huge.yaml"
+    config.write_text(HUGE_SWEEP)  # 20,000 runs: expanding and listing them takes a while
+    args = [config] if command == "validate" else [config, "--dry-run", "--out", tmp_path / "r"]
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc to see when the handlers are in")
+    for delay in (0.0, 0.02, 0.1, 0.3):
+        child = subprocess.Popen([sys.executable, "-m", "bncompare", command, *map(str, args)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait_for_handlers(child.pid)
+        time.sleep(delay)
+        child.send_signal(getattr(signal, signal_name))
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 130 and "Traceback" not in err, (delay, child.returncode, err[-500:])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_drops_output_and_training_finishes(tiny_config, tmp_path):
+    """`bncompare run ... | head -1`: the reader goes away; the runs still complete, exit 0."""
+    out = tmp_path / "results"
+    child = subprocess.Popen([sys.executable, "-m", "bncompare", "run", str(tiny_config), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    child.stdout.close()  # as `head -1` does
+    err = child.stderr.read()
+    assert child.wait(timeout=300) == 0, err
+    assert "standard output was closed" in err and "Traceback" not in err
+    assert {m["status"] for m in read_metrics(out).values()} == {"completed"}

@@ -23,3 +23,24 @@ def test_release1_run_ids_are_unchanged(command: str) -> None:
     config, *rest = command.split(" --set ")
     runs = load_runs([ROOT / "configs" / config], rest)
     assert [run.run_id for run in runs] == RELEASE1[command]
+
+
+def test_results_of_release1_are_skipped_as_finished(tmp_path: Path) -> None:
+    """An upgrade never retrains: runs finished under release-1 ids are skipped, without training."""
+    import subprocess
+    import sys
+
+    from bncompare.results import MetricsFile
+
+    runs = load_runs([ROOT / "configs" / "mnist.yaml"])
+    for run, run_id in zip(runs, RELEASE1["mnist.yaml"]):
+        (tmp_path / "mnist" / run_id).mkdir(parents=True)
+        metrics = MetricsFile(tmp_path / "mnist" / run_id, experiment="mnist", run_id=run_id,
+                              variant=run.variant, params=run.params, environment={})
+        metrics.add_point({"epoch": 1, "step": 1875, "loss": 0.2, "accuracy": 0.9, "val_loss": 0.1,
+                           "val_accuracy": 0.97, "seconds": 4.0})
+        metrics.finish("completed")
+    done = subprocess.run([sys.executable, "-m", "bncompare", "run", str(ROOT / "configs" / "mnist.yaml"),
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 runs: 2 skipped (done before)." in done.stdout, done.stdout

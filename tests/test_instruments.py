@@ -14,7 +14,7 @@ from bncompare.config import load_runs
 from bncompare.data import Dataset, load_dataset
 from bncompare.instruments import Instruments, gradient_norms
 from bncompare.models import build_model
-from bncompare.train import train_and_evaluate
+from bncompare.lifecycle import train_and_evaluate
 
 ENVIRONMENT = {"backend": "test"}
 RECORD_ALL = ["record.activations=true", "record.gradients=true", "record.tensorboard=true"]

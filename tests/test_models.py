@@ -417,3 +417,13 @@ def test_instruments_know_every_model_kind():
     from bncompare.schema import MODEL_KINDS
 
     assert set(PROBE_EXAMPLES) == set(MODEL_KINDS)
+
+
+def test_bn_evaluation_sees_every_batch_statistics_norm(tmp_path):
+    from bncompare.bn_eval import uses_batch_norm
+
+    path = tmp_path / "c.yaml"
+    path.write_text("variants: {none: {}, bn: {model.norm: batch}, "
+                    "ghost: {model.norm: ghost}, renorm: {model.norm: renorm}, ln: {model.norm: layer}}")
+    seen = {run.variant: uses_batch_norm(run.params) for run in load_runs([path])}
+    assert seen == {"none": False, "bn": True, "ghost": True, "renorm": True, "ln": False}

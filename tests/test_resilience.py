@@ -208,7 +208,7 @@ def test_plain_sgd_with_a_huge_learning_rate_diverges_and_the_sweep_goes_on(tmp_
     blown, fine = load_runs([tmp_path / "div.yaml"])
     rc, output = finish(start("run", "div.yaml", "--out", "out", cwd=tmp_path))
     assert rc == 0, output  # diverging is a result, not an error
-    assert "2 runs: 1 diverged, 1 completed. 1 of 2 diverged." in output
+    assert "2 runs: 1 diverged, 1 completed. Results in" in output
 
     data = strict_json(tmp_path / "out" / "div" / blown.run_id / METRICS_FILE)
     assert data["status"] == "diverged" and data["error"] is None
@@ -292,8 +292,8 @@ def test_read_only_and_full_results_dirs_fail_the_run_naming_the_path(tmp_path: 
 # ---- one run breaks, the sweep goes on (in-process: a bug cannot be provoked from a config) -----
 
 
-# Packing (train.pack) trains through its own loop; these tests replace train._train, so they train
-# one run at a time, and tell the runner it is on TensorFlow without importing it.
+# These tests replace the engine with a fake one (engines.get), so they train one run at a time,
+# and tell the runner it is on TensorFlow without importing it.
 SOLO = """\
 name: sweep
 data: {dataset: synthetic, train_limit: 256}
@@ -306,33 +306,59 @@ FAKE_KERAS = SimpleNamespace(backend=SimpleNamespace(backend=lambda: "tensorflow
 
 def _execute(tmp_path: Path, force: bool = False):
     runs = load_runs([tmp_path / "sweep.yaml"])
-    prepared = runner.Prepared({runner.data_key(runs[0]): None}, {"bncompare": "test"})
+    prepared = runner.Prepared({runner.data_key(runs[0]): SimpleNamespace(x_train=[0] * 64, x_val=[], y_val=[], classes=10)},
+                               {"bncompare": "test"})
     display = PlainDisplay(Console(file=io.StringIO(), width=200), tmp_path / "out")
-    outcomes = runner.execute(runs, tmp_path / "out", prepared, display, force=force)
+    outcomes, _ = runner.execute(runs, tmp_path / "out", prepared, display, force=force)
     display.summary(outcomes)
     return runs, outcomes, display.console.file.getvalue()
 
 
-def test_an_exception_in_one_run_fails_it_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
-    import bncompare.train as train
+class FakeEngine:
+    """Trains nothing: reports one eval point, then ends as `ends(run)` says (an engine's contract)."""
 
-    def fake_train(run, data, metrics, listener):
-        if run.params["model.batch_norm"] and run.params["train.learning_rate"] == 0.01:
+    name = "fit"
+
+    def __init__(self, ends):
+        self.ends = ends
+
+    def train(self, members, data):
+        (member,) = members
+        member.recorder.start(2.3)
+        end = self.ends(member.run)
+        if end == "diverged":
+            member.recorder.block(2, float("nan"), float("nan"))
+            return 0.0
+        member.recorder.point({"epoch": 1, "step": 2, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0,
+                               "val_accuracy": 0.5, "seconds": 0.1})
+        if end == "failed":
             raise RuntimeError("boom in training")
-        metrics.add_point({"epoch": 1, "step": 2, "loss": 1.0, "val_accuracy": 0.5})
-        return "completed", None
+        if end == "interrupted":  # as a Ctrl-C would: the sweep stops here
+            raise KeyboardInterrupt
+        return 0.0
 
-    real = train.train_and_evaluate
 
-    def broken_outside(run, *args, **kwargs):  # a bug outside training's own guard
-        if run.params["model.batch_norm"] and run.params["train.learning_rate"] == 0.1:
+def _fake(monkeypatch, ends) -> None:
+    monkeypatch.setattr("bncompare.backend.import_keras", lambda: FAKE_KERAS)
+    monkeypatch.setattr("bncompare.engines.get", lambda name: FakeEngine(ends))
+
+
+def test_an_exception_in_one_run_fails_it_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    from bncompare import lifecycle
+
+    def ends(run):
+        return "failed" if run.params["model.batch_norm"] and run.params["train.learning_rate"] == 0.01 else "completed"
+
+    real = lifecycle.Schedule.for_run
+
+    def broken_outside(params, examples):  # a bug outside training's own guard
+        if params["model.batch_norm"] and params["train.learning_rate"] == 0.1:
             raise TypeError("boom outside training")
-        return real(run, *args, **kwargs)
+        return real(params, examples)
 
     (tmp_path / "sweep.yaml").write_text(SOLO)
-    monkeypatch.setattr("bncompare.backend.import_keras", lambda: FAKE_KERAS)
-    monkeypatch.setattr(train, "_train", fake_train)
-    monkeypatch.setattr(train, "train_and_evaluate", broken_outside)
+    _fake(monkeypatch, ends)
+    monkeypatch.setattr(lifecycle.Schedule, "for_run", broken_outside)
     runs, outcomes, output = _execute(tmp_path)
     assert [o.status for o in outcomes] == ["completed", "completed", "failed", "failed"], output
     assert runner.exit_code(outcomes) == runner.EXIT_FAILED
@@ -341,28 +367,21 @@ def test_an_exception_in_one_run_fails_it_and_the_sweep_goes_on(tmp_path: Path, 
     data = strict_json(tmp_path / "out" / "sweep" / runs[2].run_id / METRICS_FILE)
     assert data["status"] == "failed" and data["finished_at"]
     assert data["error"].startswith("RuntimeError: boom in training\nTraceback")
+    outside = strict_json(tmp_path / "out" / "sweep" / runs[3].run_id / METRICS_FILE)
+    assert outside["status"] == "failed" and outside["error"].startswith("TypeError: boom outside")
     assert "4 runs: 2 completed, 2 failed." in output
 
 
 def test_rerun_skips_finished_runs_untouched_and_retrains_the_rest(tmp_path: Path, monkeypatch) -> None:
-    import bncompare.train as train
-
     ends = iter(["completed", "diverged", "failed", "interrupted"])
     trained = []
 
-    def fake_train(run, data, metrics, listener):
+    def end(run):
         trained.append(run.run_id)
-        metrics.add_point({"epoch": 1, "step": 2, "loss": 1.0, "val_accuracy": 0.5})
-        end = next(ends, "completed")
-        if end == "failed":
-            raise RuntimeError("boom")
-        if end == "interrupted":  # as a Ctrl-C would: the sweep stops here
-            raise KeyboardInterrupt
-        return end, ({"epoch": 1, "step": 2} if end == "diverged" else None)
+        return next(ends, "completed")
 
     (tmp_path / "sweep.yaml").write_text(SOLO)
-    monkeypatch.setattr("bncompare.backend.import_keras", lambda: FAKE_KERAS)
-    monkeypatch.setattr(train, "_train", fake_train)
+    _fake(monkeypatch, end)
     runs, outcomes, _ = _execute(tmp_path)
     assert [o.status for o in outcomes] == ["completed", "diverged", "failed", "interrupted"]
     assert runner.exit_code(outcomes) == runner.EXIT_INTERRUPTED
@@ -381,6 +400,44 @@ def test_rerun_skips_finished_runs_untouched_and_retrains_the_rest(tmp_path: Pat
     assert [o.status for o in outcomes] == ["completed"] * 4
     assert trained == [r.run_id for r in runs]
     assert fingerprint(dirs[0]) != finished[dirs[0]]
+
+
+def test_an_interrupted_sweep_ends_every_run_with_an_outcome(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sweep.yaml").write_text(SOLO)
+    _fake(monkeypatch, lambda run: "interrupted")
+    _, outcomes, output = _execute(tmp_path)
+    assert [o.status for o in outcomes] == ["interrupted", "not_started", "not_started", "not_started"]
+    assert runner.exit_code(outcomes) == runner.EXIT_INTERRUPTED
+
+
+def test_a_run_busy_in_another_process_is_waited_for_then_skipped(tmp_path: Path, monkeypatch) -> None:
+    """Another process holds one run's claim: this invocation trains the rest, waits, and reports
+    the other process's result instead of claiming success it did not see."""
+    import threading
+
+    from bncompare.results import Claim, MetricsFile
+
+    (tmp_path / "sweep.yaml").write_text(SOLO)
+    _fake(monkeypatch, lambda run: "completed")
+    runs = load_runs([tmp_path / "sweep.yaml"])
+    busy_dir = tmp_path / "out" / "sweep" / runs[1].run_id
+    busy_dir.mkdir(parents=True)
+    claim = Claim.acquire(busy_dir)
+
+    def other_process_finishes():
+        metrics = MetricsFile(busy_dir, experiment="sweep", run_id=runs[1].run_id, variant="no_bn",
+                              params=runs[1].params, environment={})
+        metrics.finish("diverged", diverged_at={"epoch": 1, "step": 1})
+        claim.release()
+
+    timer = threading.Timer(1.5, other_process_finishes)
+    timer.start()
+    _, outcomes, output = _execute(tmp_path)
+    timer.join()
+    assert [o.status for o in outcomes] == ["completed", "skipped", "completed", "completed"], output
+    assert outcomes[1].note == "already diverged"
+    assert "waiting for 1 run that another process is training" in output
+    assert runner.exit_code(outcomes) == runner.EXIT_OK
 
 
 # ---- scripts/sweep_lr.sh ----------------------------------------------------------------------

@@ -11,7 +11,8 @@ import yaml
 
 from bncompare.config import load_runs
 from bncompare.data import load_dataset
-from bncompare.train import Schedule, train_and_evaluate
+from bncompare.lifecycle import train_and_evaluate
+from bncompare.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT = {"backend": "test"}
@@ -24,8 +25,8 @@ def schedule(examples=100, batch_size=32, epochs=2, steps=None, every="epoch") -
 
 def test_epoch_schedule_has_a_partial_last_batch_like_keras():
     s = schedule()
-    assert (s.steps_per_epoch, s.total_steps, s.eval_steps) == (4, 8, (4, 8))
-    assert s.chunks() == [(0, 4), (4, 8)]
+    assert (s.steps_per_epoch, s.total_steps, list(s.eval_steps())) == (4, 8, [4, 8])
+    assert list(s.chunks()) == [(0, 4), (4, 8)]
     for first, last in s.chunks():
         indices = s.batch_indices(seed=3, first=first, last=last)
         assert sorted(indices) == list(range(100))  # each epoch visits every example once
@@ -33,13 +34,26 @@ def test_epoch_schedule_has_a_partial_last_batch_like_keras():
 
 def test_step_schedule_splits_at_eval_points_and_epoch_ends():
     s = schedule(steps=10, every=3)
-    assert s.eval_steps == (3, 6, 9, 10)
-    assert s.chunks() == [(0, 3), (3, 4), (4, 6), (6, 8), (8, 9), (9, 10)]
+    assert list(s.eval_steps()) == [3, 6, 9, 10] and s.eval_points == 4
+    assert [step for step in range(11) if s.is_eval(step)] == [3, 6, 9, 10]
+    assert list(s.chunks()) == [(0, 3), (3, 4), (4, 6), (6, 8), (8, 9), (9, 10)]
     assert s.epoch_of(6) == 1.5 and s.epoch_of(8) == 2
     # Chunks of one epoch concatenate to that epoch's permutation: eval points do not change batches.
     whole = s.batch_indices(seed=1, first=4, last=8)
     parts = np.concatenate([s.batch_indices(1, 4, 6), s.batch_indices(1, 6, 8)])
     assert np.array_equal(whole, parts)
+
+
+def test_a_huge_schedule_costs_nothing_until_walked():
+    s = schedule(examples=60_000, steps=10**12, every=1)
+    assert s.eval_points == 10**12 and s.is_eval(10**12) and not s.is_eval(0)
+    assert next(iter(s.chunks())) == (0, 1)
+
+
+def test_eval_at_start_adds_step_0():
+    s = Schedule.for_run({"train.batch_size": 32, "train.epochs": 1, "train.steps": None,
+                          "record.eval_every": "epoch", "record.eval_at_start": True}, 100)
+    assert list(s.eval_steps()) == [0, 4] and s.is_eval(0)
 
 
 def test_batch_order_depends_on_seed_and_epoch_only():
@@ -107,7 +121,7 @@ def test_exploding_sgd_is_recorded_as_diverged(tmp_path):
 
 
 def test_a_broken_run_is_recorded_as_failed(tmp_path, monkeypatch):
-    import bncompare.train as train_module
+    import bncompare.engines.fit as train_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory on layer 3")
@@ -140,7 +154,7 @@ def test_a_signal_mid_fit_is_saved_as_interrupted_not_failed(tmp_path):
     import signal
 
     from bncompare import interrupts
-    from bncompare.train import Listener
+    from bncompare.lifecycle import Listener
 
     class SignalAtStep(Listener):
         def step(self, step, loss, accuracy, slot=0):

@@ -1,0 +1,101 @@
+"""Training engines, and the planner that groups a sweep's runs for them.
+
+An engine only trains: given a group of runs (members) and their data, it reports each member's
+progress and eval points to the member's Recorder (bncompare/lifecycle.py owns everything else).
+
+| engine | backend | what it does |
+| --- | --- | --- |
+| `fit` | any | one run through Keras's `Model.fit`: the reference path |
+| `tf_pack` | tensorflow | same-seed runs of one invocation in one compiled TF loop (bit-equal to fit) |
+| `vmap` | jax | many runs as one program under `jax.vmap` (see engines/vmap.py) |
+
+`train.pack: auto` lets the planner pick the backend's group engine for every run it accepts; a run
+it refuses, or any run with `train.pack: off`, trains alone through `fit`, and `--dry-run` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bncompare.config import Run
+
+# The group engine of each backend under `train.pack: auto`.
+GROUP_ENGINE = {"tensorflow": "tf_pack", "jax": "vmap", "torch": None}
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def get(name: str):
+    """The engine called `name`, one per process (the vmap engine keeps its compiled programs for
+    every group of a sweep); imported on demand: engines import Keras."""
+    if name not in _ENGINES:
+        _ENGINES[name] = _make(name)
+    return _ENGINES[name]
+
+
+def _make(name: str):
+    if name == "fit":
+        from bncompare.engines.fit import FitEngine
+
+        return FitEngine()
+    if name == "tf_pack":
+        from bncompare.engines.tf_pack import TfPackEngine
+
+        return TfPackEngine()
+    if name == "vmap":
+        from bncompare.engines.vmap import VmapEngine
+
+        return VmapEngine()
+    raise ValueError(f"unknown engine {name!r}")
+
+
+@dataclass
+class Group:
+    """Runs that one engine trains together (a single run is a group of one)."""
+
+    engine: str
+    runs: list[Run] = field(default_factory=list)
+    note: str = ""  # why these runs train alone, when the group engine refused them
+
+
+def plan(runs: list[Run], backend: str, datasets: dict | None = None) -> list[Group]:
+    """The runs grouped for training, in order of each group's first run. With `datasets` (by
+    engines.common.data_key), group sizes are capped by device memory; without, by a default."""
+    from bncompare.engines.common import data_key
+
+    datasets = datasets or {}
+    preferred = GROUP_ENGINE.get(backend)
+    group_engine = _available(preferred)
+    groups: dict[tuple, Group] = {}
+    caps: dict[tuple, int] = {}
+    order: list[Group] = []
+    for run in runs:
+        engine, note = group_engine, ""
+        if run.params.get("train.pack", "auto") == "off":
+            engine, note = None, "train.pack: off"
+        elif engine is not None:
+            note = engine.refuses(run) or ""
+            engine = None if note else engine
+        if engine is None:
+            order.append(Group("fit", [run], note))
+            continue
+        key = engine.group_key(run)
+        if key not in caps:  # once per key: the vmap engine builds a model to estimate memory
+            caps[key] = engine.max_members(run, datasets.get(data_key(run)))
+        group = groups.get(key)
+        if group is None or len(group.runs) >= caps[key]:
+            group = groups[key] = Group(engine.name)
+            order.append(group)
+        group.runs.append(run)
+    return order
+
+
+def _available(name: str | None):
+    """The group engine, or None when its module cannot be used here."""
+    if name is None:
+        return None
+    try:
+        return get(name)
+    except ImportError:
+        return None

@@ -1,0 +1,468 @@
+"""The vmap engine: many runs trained as one JAX program (JAX backend only).
+
+Each member is the Keras model its solo run would build (`build_model` right after
+`keras.utils.set_random_seed(seed)`, so identical initial weights) with the optimizer `make_optimizer`
+gives it. The engine takes their variable values out, stacks them along a leading member axis, and
+trains them with one member's model and optimizer as the traced template:
+
+    model.stateless_call(trainable, non_trainable, x, training=True)    forward + BN moving stats
+    jax.value_and_grad                                                  gradients of the batch mean
+    optimizer.stateless_apply(optimizer_variables, grads, trainable)    the member's update
+
+under `jax.vmap` over members and `lax.fori_loop` over steps: one compiled call trains every member for
+a block of steps. The learning rate is one of the optimizer's variables, so stacking the members'
+optimizer variables gives each its own rate; weight decay is substituted per member while tracing
+(Keras reads `optimizer.weight_decay` only as a number to multiply by). Each member gathers its own
+batches on the device from its epoch permutation (`Schedule.batch_indices`), uploaded once per epoch.
+
+What must be equal for one compiled program is the group key (`group_key`): every param except the
+learning rate, the weight decay's value, the seed, the initializer and keys that only change speed.
+SGD's momentum and BN's momentum and epsilon stay in the key: Keras branches on `momentum != 0` in
+Python, and BN's `1 - momentum` computed from a traced float32 instead of a Python float would round
+differently from a solo run.
+A member whose recorder turns inactive (diverged) keeps its last state: the block's result is
+selected per member with `jnp.where`, so nothing is recompiled.
+
+Steps per call: a call ends at the chunk's end (eval point or epoch end) or after `steps` steps,
+whichever is first; `steps` starts from an arithmetic estimate (STEP_FLOPS_PER_SECOND) and then
+follows the measured time per step so that a call takes about CALL_SECONDS, keeping progress and
+Ctrl-C responsive while one dispatch per call costs nothing against a second of arithmetic. The
+step count is a traced argument, so changing it never recompiles. NaN/inf is reported at the same
+step a solo run with the same `train.steps_per_execution` reports it: the end of the
+steps_per_execution block (counted from the chunk start, as Keras's fit counts) in which the member's
+loss first became non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Hashable
+
+import numpy as np
+
+from bncompare import interrupts
+from bncompare.backend import import_keras
+from bncompare.config import Run
+from bncompare.data import Dataset
+from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
+# Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
+from bncompare.engines.common import make_optimizer, steps_per_execution
+from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
+
+NAME = "vmap"
+# Target duration of one compiled training call (see the module docstring).
+CALL_SECONDS = 1.0
+# First guess of the training arithmetic rate (FLOP/s) before any call has been timed; low on
+# purpose, so the first call is short rather than long.
+STEP_FLOPS_PER_SECOND = {"cpu": 5e9, "gpu": 2e12}
+# Members per group on a CPU: beyond this the program is compute-bound already and compile time and
+# the first result's delay only grow.
+CPU_MAX_MEMBERS = 64
+# Compiled programs kept between groups (a few per distinct group key and size).
+PROGRAMS_KEPT = 32
+# Fraction of the free device memory (a CPU: of the machine's memory) a group may plan to use
+# (XLA needs room for temporaries, and a CPU for everything else).
+MEMORY_SHARE = 0.5
+# Keys whose values may differ between members of one group. The rest of a run's params must be
+# equal. `train.momentum` matters only to the momentum optimizer and `model.bn_*` only with BN, so
+# `group_key` drops them where they are ignored.
+PER_MEMBER = ("train.learning_rate", "train.weight_decay", "train.seed", "model.init")
+SPEED_ONLY = ("train.jit_compile", "train.pack", "record.tensorboard")
+# What the engine does not do; each such run trains alone through the fit engine.
+RECORDING = {"record.activations": "records activations (per-layer hooks)",
+             "record.gradients": "records gradient norms (per-layer hooks)",
+             "record.tensorboard": "writes TensorBoard events",
+             "record.landscape": "probes the loss landscape",
+             "record.ics": "measures internal covariate shift",
+             "record.eval_at_start": "evaluates at step 0"}
+# Measured equal to fit (tests/test_vmap.py). The CNN is not: a vmapped convolution becomes a grouped
+# one that rounds differently, and a tiny no-BN CNN (filters 4-8, lr 0.01, 16 steps) ended 1e-4
+# (training loss) to 8e-4 (validation loss) away from fit, above the 1e-4 promised.
+VERIFIED_KINDS = ("mlp",)
+VERIFIED_NORMS = (None, "none", "batch")
+
+
+
+
+class VmapEngine:
+    """Trains a group of runs as one vmapped JAX program (see the module docstring)."""
+
+    name = NAME
+
+    def __init__(self):
+        # Compiled programs by (group key, member count, argument shapes): the groups a large sweep
+        # is split into (same key, same size) compile once.
+        self._programs: dict[Any, Future] = {}
+
+    def refuses(self, run: Run) -> str | None:
+        """Why this engine cannot train `run` (it then trains alone with fit), or None."""
+        params = run.params
+        backend = import_keras().backend.backend()
+        if backend != "jax":
+            return f"the vmap engine needs the JAX backend (this is {backend})"
+        for key, what in RECORDING.items():
+            if params.get(key):
+                return f"{key}: {what}, which the vmap engine does not do"
+        modes = params.get("record.bn_eval") or ["moving"]
+        if list(modes) != ["moving"]:
+            return f"record.bn_eval={list(modes)}: the vmap engine evaluates with moving statistics only"
+        if params.get("model.kind") not in VERIFIED_KINDS:
+            return f"model.kind={params.get('model.kind')}: not verified equal to fit under vmap"
+        if params.get("model.norm") not in VERIFIED_NORMS:
+            return f"model.norm={params.get('model.norm')}: not verified equal to fit under vmap"
+        if params.get("model.bn_noise"):
+            return "model.bn_noise: not verified equal to fit under vmap"
+        if params.get("model.bn_variance", "biased") != "biased":
+            return "model.bn_variance: unbiased inference statistics need a Keras model per member"
+        if params.get("train.precision") == "mixed_float16":
+            # fit wraps the optimizer in a LossScaleOptimizer for float16; this engine does not.
+            return "train.precision=mixed_float16: needs loss scaling, which the vmap engine lacks"
+        return None
+
+    def group_key(self, run: Run) -> Hashable:
+        """Runs with equal keys can train as one program: all params but the per-member ones."""
+        params = dict(run.params)
+        for key in PER_MEMBER + SPEED_ONLY:
+            params.pop(key, None)
+        params["model.hidden"] = tuple(layer_sizes(run.params))
+        params.pop("model.depth", None)
+        params.pop("model.width", None)
+        if run.params.get("train.optimizer") != "momentum":
+            params.pop("train.momentum", None)
+        if not _batch_norm(run.params):
+            params.pop("model.bn_momentum", None)
+            params.pop("model.bn_epsilon", None)
+        # Decay on or off changes the program (make_optimizer passes None for 0); its value does not.
+        params["weight_decay_on"] = bool(run.params.get("train.weight_decay"))
+        params["train.steps_per_execution"] = steps_per_execution(run.params, "jax")
+        return tuple(sorted((key, _hashable(value)) for key, value in params.items()))
+
+    def max_members(self, run: Run, data: Dataset | None = None) -> int:
+        """How many such runs fit in one group on the default device (memory estimate; without
+        the data, as for --dry-run, the CPU cap)."""
+        import jax
+
+        if data is None:
+            return CPU_MAX_MEMBERS
+
+        device = jax.devices()[0]
+        per_member = member_bytes(run.params, data)
+        shared = data.x_train.nbytes + data.x_val.nbytes  # one copy for the whole group
+        if device.platform == "cpu":
+            memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            fit = int((memory * MEMORY_SHARE - shared) // per_member)
+            return max(1, min(CPU_MAX_MEMBERS, fit))
+        stats = device.memory_stats() or {}
+        free = stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
+        if free <= 0:  # the platform reports no memory statistics
+            return CPU_MAX_MEMBERS
+        return max(1, int((free * MEMORY_SHARE - shared) // per_member))
+
+    def train(self, members: list, data: Dataset) -> None:
+        """Train `members` (equal group keys) to the end of their schedule; see engine_interface."""
+        if members:
+            if len(self._programs) > PROGRAMS_KEPT:
+                self._programs.clear()
+            _Group(members, data, self.group_key(members[0].run), self._programs).train()
+
+
+def member_bytes(params: dict[str, Any], data: Dataset) -> int:
+    """Device bytes one member needs: weights, gradients, optimizer slots, one batch's activations
+    (training and evaluation), and its epoch permutation."""
+    model = build_model(params, data.input_shape, data.classes)
+    weights = sum(int(np.prod(v.shape)) for v in model.weights)
+    slots = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[params["train.optimizer"]]
+    activations = sum(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
+    # Training keeps each layer's output for the backward pass plus a gradient of the same size.
+    batch = 3 * activations * params["train.batch_size"] + activations * EVAL_BATCH_SIZE
+    return 4 * ((2 + slots) * weights + batch + len(data.x_train))
+
+
+def _batch_norm(params: dict[str, Any]) -> bool:
+    """Whether the model has BN layers (whose momentum and epsilon then shape the program)."""
+    return bool(params.get("model.batch_norm")) or params.get("model.norm") not in (None, "none")
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+_DEVICE_COPIES: dict[tuple, tuple] = {}
+
+
+def _on_device(x: np.ndarray, y: np.ndarray, device, batch: int | None = None,
+               count: int | None = None) -> tuple:
+    """(x, int32 y) on `device`, or a list of such pairs of `batch` examples from the first `count`;
+    copied once and kept for every group and eval point of a sweep; one dataset's copies at a time.
+
+    Batches are cut on the host: slicing a device array compiles a program per shape."""
+    import jax
+
+    key = (id(x), id(y), str(device), batch, count)
+    if key not in _DEVICE_COPIES:
+        if len(_DEVICE_COPIES) >= 4:  # training set; validation, start-loss, train_eval batches
+            _DEVICE_COPIES.clear()
+        held = (x, y)
+        x, y = x[:count], y[:count].astype(np.int32)
+        pieces = ([(x, y)] if batch is None else
+                  [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
+        copies = [(jax.device_put(a, device), jax.device_put(b, device)) for a, b in pieces]
+        # The arrays themselves are kept too, so that their ids cannot be reused while cached.
+        _DEVICE_COPIES[key] = (held, copies[0] if batch is None else copies)
+    return _DEVICE_COPIES[key][1]
+
+
+class _Group:
+    """The stacked state of a group and its compiled training and evaluation calls."""
+
+    def __init__(self, members: list, data: Dataset, structure: Hashable,
+                 programs: dict[Any, Future]):
+        import jax
+        import jax.numpy as jnp
+
+        self.keras = keras = import_keras()
+        self.members, self.data = members, data
+        self.params = params = members[0].run.params
+        self.schedule = members[0].schedule  # equal for all: the group key holds its params
+        self.batch = self.schedule.batch_size
+        self.per_execution = steps_per_execution(params, "jax")
+        states = []
+        for member in members:
+            keras.utils.set_random_seed(member.run.seed)  # what a solo run draws
+            model = build_model(member.run.params, data.input_shape, data.classes)
+            optimizer = make_optimizer(member.run.params)
+            optimizer.build(model.trainable_variables)
+            states.append(([v.value for v in model.trainable_variables],
+                           [v.value for v in model.non_trainable_variables],
+                           [v.value for v in optimizer.variables]))
+        # The last member's objects are the template every member's numbers are traced through:
+        # the group key makes their structure (and weight decay on/off, momentum) the same for all.
+        self.model, self.optimizer = model, optimizer
+        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states)
+        self.decay = jnp.asarray([m.run.params["train.weight_decay"] for m in members], jnp.float32)
+        self.active = np.ones(len(members), bool)
+        self.device = jax.devices()[0]
+        self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
+        self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        self.structure, self._programs = structure, programs
+        self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
+        self._loss = loss_function(keras)
+
+    # ---- the traced functions -------------------------------------------------------------------
+
+    def _step(self, state, decay, x, y):
+        """One optimizer step of one member: (new state, summed loss, correct predictions)."""
+        import jax
+        import jax.numpy as jnp
+
+        trainable, non_trainable, slots = state
+
+        def loss_of(trainable):
+            logits, updated = self.model.stateless_call(trainable, non_trainable, x, training=True)
+            return self._loss(y, logits), (logits, updated)
+
+        (loss, (logits, non_trainable)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        saved = self.optimizer.weight_decay
+        if saved is not None:  # the member's decay, read by Keras as a number (None: off for all)
+            self.optimizer.weight_decay = decay
+        try:
+            trainable, slots = self.optimizer.stateless_apply(slots, grads, trainable)
+        finally:
+            self.optimizer.weight_decay = saved
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
+        return (trainable, non_trainable, slots), loss, correct
+
+    def _block_function(self, batch: int):
+        """The compiled call: `steps` steps of every member, batches of `batch` from `offset` on."""
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        def member(state, decay, active, order, offset, steps, x_all, y_all):
+            def body(i, carry):
+                current, loss_sum, correct, first_bad = carry
+                indices = lax.dynamic_slice(order, (offset + i * batch,), (batch,))
+                current, loss, right = self._step(current, decay, x_all[indices], y_all[indices])
+                first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), i, first_bad)
+                return current, loss_sum + loss * batch, correct + right, first_bad
+
+            start = (state, jnp.float32(0), jnp.int32(0), jnp.int32(-1))
+            new, loss_sum, correct, first_bad = lax.fori_loop(0, steps, body, start)
+            # An inactive member keeps its state: masked, not removed, so nothing recompiles.
+            new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+            return new, loss_sum, correct, first_bad
+
+        vmapped = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None, None))
+        donate = (0,) if self.device.platform != "cpu" else ()  # CPU buffers cannot be donated
+        return jax.jit(vmapped, donate_argnums=donate)
+
+    def _eval_function(self):
+        """Summed loss and correct predictions of every member on one shared batch, inference mode."""
+        import jax
+        import jax.numpy as jnp
+
+        def member(state, x, y):
+            trainable, non_trainable, _ = state
+            logits, _ = self.model.stateless_call(trainable, non_trainable, x, training=False)
+            losses = per_example_loss(self.keras, y, logits)
+            return jnp.sum(losses), jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+        return jax.jit(jax.vmap(member, in_axes=(0, None, None)))
+
+    def _program(self, key, make, *args):
+        """The compiled program for these argument shapes (a future): traced here, compiled on a
+        worker thread, so programs compile at the same time as each other and as training."""
+        import jax
+
+        shapes = jax.tree.map(lambda a: (np.shape(a), str(getattr(a, "dtype", type(a)))), args)
+        full_key = (self.structure, key, str(shapes))
+        future = self._programs.get(full_key)
+        if future is None or future.cancelled() or (future.done() and future.exception()):
+            future = self._programs[full_key] = self._compiler.submit(make().lower(*args).compile)
+        return future
+
+    def _block_program(self, batch: int, orders):
+        """The training call for batches of `batch` examples (compiled once per batch size)."""
+        args = (self.state, self.decay, self.active, orders, np.int32(0), np.int32(1),
+                self.x_train, self.y_train)
+        return self._program(("block", batch), lambda: self._block_function(batch), *args)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, count: int | None = None):
+        """Mean loss and accuracy of every member on the first `count` (default: all) examples of
+        (x, y), in batches of EVAL_BATCH_SIZE: two arrays over members."""
+        import jax
+
+        count = len(x) if count is None else count
+        loss_sum = np.zeros(len(self.members))
+        correct = np.zeros(len(self.members))
+        for xb, yb in _on_device(x, y, self.device, EVAL_BATCH_SIZE, count):
+            call = self._program("eval", self._eval_function, self.state, xb, yb).result()
+            losses, rights = jax.device_get(call(self.state, xb, yb))
+            loss_sum += losses
+            correct += rights
+        return loss_sum / count, correct / count
+
+    def train(self) -> None:
+        try:
+            self._train()
+        finally:
+            self._compiler.shutdown(wait=True, cancel_futures=True)
+
+    def _epoch_orders(self, epoch: int):
+        """Each member's permutation of the training examples in `epoch`, on the device."""
+        import jax
+
+        per_epoch = self.schedule.steps_per_epoch
+        return jax.device_put(np.stack([
+            m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+            for m in self.members]).astype(np.int32), self.device)
+
+    def _train(self) -> None:
+        import jax
+
+        schedule, data = self.schedule, self.data
+        # Every training program starts compiling now, beside the start-loss evaluation's.
+        orders, order_epoch = self._epoch_orders(0), 0
+        self._block_program(self.batch, orders)
+        if len(data.x_train) % self.batch and schedule.total_steps >= schedule.steps_per_epoch:
+            self._block_program(len(data.x_train) % self.batch, orders)
+        probe = min(START_PROBE, len(data.x_train))
+        start_losses, _ = self.evaluate(data.x_train, data.y_train, probe)
+        for k, (member, loss) in enumerate(zip(self.members, start_losses)):
+            member.recorder.start(float(loss))
+            self.active[k] = member.recorder.active
+        steps_per_call = self._first_steps_per_call()
+        seconds = 0.0
+        interval_loss = np.zeros(len(self.members))
+        interval_correct = np.zeros(len(self.members))
+        interval_examples = 0
+        per_epoch = schedule.steps_per_epoch
+        for first, last in schedule.chunks():
+            epoch = first // per_epoch
+            if epoch != order_epoch:  # uploaded once per epoch; batches are gathered on the device
+                orders, order_epoch = self._epoch_orders(epoch), epoch
+            step = first
+            while step < last:
+                offset = (step - epoch * per_epoch) * self.batch
+                remaining = len(data.x_train) - offset
+                if remaining < self.batch:  # the epoch's partial last batch: its own shape
+                    batch, steps = remaining, 1
+                else:
+                    full = min(last - step, remaining // self.batch)
+                    batch, steps = self.batch, max(1, min(steps_per_call, full))
+                call = self._block_program(batch, orders).result()  # compiled before the clock
+                began = time.perf_counter()
+                self.state, loss_sum, correct, first_bad = call(
+                    self.state, self.decay, self.active, orders, np.int32(offset), np.int32(steps),
+                    self.x_train, self.y_train)
+                loss_sum, correct, first_bad = jax.device_get((loss_sum, correct, first_bad))
+                took = time.perf_counter() - began
+                seconds += took
+                if batch == self.batch:  # at most 4x more per call: one fast, noisy timing
+                    wanted = int(steps * CALL_SECONDS / max(took, 1e-6))
+                    steps_per_call = max(1, min(4 * steps, wanted))
+                interval_loss += loss_sum
+                interval_correct += correct
+                interval_examples += steps * batch
+                self._report_block(first, last, step, steps, first_bad,
+                                   interval_loss / interval_examples,
+                                   interval_correct / interval_examples)
+                step += steps
+                interrupts.check()
+                if not self.active.any():
+                    return
+            if not schedule.is_eval(last):
+                continue
+            val_loss, val_accuracy = self.evaluate(data.x_val, data.y_val)
+            # record.train_eval: N: the first N training examples, inference mode, every point.
+            examples = min(self.params.get("record.train_eval") or 0, len(data.x_train))
+            train_eval = self.evaluate(data.x_train, data.y_train, examples) if examples else None
+            for k, member in enumerate(self.members):
+                if not self.active[k]:
+                    continue
+                point = {"epoch": schedule.epoch_of(last), "step": last,
+                         "loss": float(interval_loss[k] / interval_examples),
+                         "accuracy": float(interval_correct[k] / interval_examples),
+                         "val_loss": float(val_loss[k]), "val_accuracy": float(val_accuracy[k]),
+                         "seconds": round(seconds, 3)}
+                if train_eval:
+                    point["train_eval_loss"] = float(train_eval[0][k])
+                    point["train_eval_accuracy"] = float(train_eval[1][k])
+                self.active[k] = member.recorder.point(point)
+            interval_loss[:] = 0.0
+            interval_correct[:] = 0.0
+            interval_examples = 0
+            interrupts.check()
+            if not self.active.any():
+                return
+
+    def _report_block(self, first: int, last: int, step: int, steps: int, first_bad: np.ndarray,
+                      loss: np.ndarray, accuracy: np.ndarray) -> None:
+        """recorder.block for every active member; a NaN/inf goes at the end of the
+        steps_per_execution block (counted from the chunk start) where a solo fit reports it."""
+        for k, member in enumerate(self.members):
+            if not self.active[k]:
+                continue
+            if first_bad[k] >= 0 or not math.isfinite(loss[k]):
+                bad_step = step + max(int(first_bad[k]), 0) + 1
+                blocks = math.ceil((bad_step - first) / self.per_execution)
+                at = min(first + blocks * self.per_execution, last)
+                self.active[k] = member.recorder.block(at, float("nan"), float("nan"))
+            else:
+                self.active[k] = member.recorder.block(step + steps, float(loss[k]),
+                                                       float(accuracy[k]))
+
+    def _first_steps_per_call(self) -> int:
+        """Steps in the first call: CALL_SECONDS of arithmetic at a conservative rate."""
+        rate = STEP_FLOPS_PER_SECOND.get(self.device.platform, STEP_FLOPS_PER_SECOND["gpu"])
+        flops = 6 * self.weights * self.batch * len(self.members)  # forward + backward, per step
+        return max(1, int(CALL_SECONDS * rate / flops))

@@ -1,0 +1,428 @@
+"""How a run becomes a result, in one place: claim -> train -> record -> outcome -> release.
+
+Engines (bncompare/engines/) only train: they turn a group of runs plus data into per-member progress
+and eval points. Everything else about a run lives here, the same for every engine and executor:
+
+- the claim on its directory and its config.yaml (`claim_run`);
+- its metrics.json, kept by a `Recorder` that the engine reports to;
+- the divergence rules: a loss that becomes NaN/inf, or an eval interval whose mean training loss
+  exceeds EXPLOSION_FACTOR times the run's starting loss;
+- how it ends: completed, diverged, failed (an exception) or interrupted (Ctrl-C/SIGTERM), and the
+  `Outcome` the display and the exit code are made from.
+
+A single run is a group of one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bncompare import __version__
+from bncompare.config import Run
+from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
+                               claim_holder, now, read_run, remove_stale_temporaries, write_config)
+from bncompare.schedule import Schedule
+
+# A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
+# interval exceeds EXPLOSION_FACTOR times its starting value: the untrained model's loss on the first
+# START_PROBE training examples, or uniform guessing's (ln classes) if that is larger. Relative to the
+# start because cross-entropy from logits is uncapped: a network with a huge initial weight scale
+# starts near a loss of 90 and can still recover.
+EXPLOSION_FACTOR = 10.0
+START_PROBE = 1000
+EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
+
+
+class Listener:
+    """Hooks for a progress display; the default does nothing.
+
+    `slot` tells apart runs trained at the same time (parallel workers, members of a group).
+    """
+
+    def sweep_started(self, runs: list[Run]) -> None: ...
+
+    def started(self, run: Run, schedule: Schedule, slot: int = 0) -> None: ...
+
+    def compiling(self, run: Run, slot: int = 0) -> None: ...
+
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None: ...
+
+    def point(self, point: dict[str, Any], slot: int = 0) -> None: ...
+
+    def run_finished(self, outcome: "Outcome", slot: int = 0) -> None: ...
+
+    def warning(self, run: Run, text: str, slot: int = 0) -> None:
+        """Something the user should know about a run's numbers (said once per run)."""
+
+    def waiting(self, runs: list[Run]) -> None:
+        """Runs being trained by another process, waited for before this invocation ends."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one run in this invocation."""
+
+    run: Run
+    # completed | diverged | failed | interrupted | skipped (done before) | busy (another process)
+    # | not_started (the invocation stopped before reaching it)
+    status: str
+    final: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+def explosion_limit(start_loss: float, classes: int) -> float:
+    """The training loss above which a run counts as diverged (see EXPLOSION_FACTOR)."""
+    chance = math.log(classes)
+    return EXPLOSION_FACTOR * (max(start_loss, chance) if math.isfinite(start_loss) else chance)
+
+
+def _bad(value: float | None) -> bool:
+    return value is None or not math.isfinite(value)
+
+
+class Stopwatch:
+    """Training seconds, and an estimate of the compilation hidden in them.
+
+    The first call of a compiled training function also traces and compiles it. `compile` is that
+    call's time minus its steps times the mean per-step time of the calls after it (0 when there
+    were none); the lifecycle takes it out of the run's times when the run ends, so `--x time`
+    compares training cost, not compile time.
+    """
+
+    def __init__(self) -> None:
+        self.first: tuple[float, int] | None = None
+        self.later_seconds, self.later_steps = 0.0, 0
+
+    def add(self, seconds: float, steps: int) -> None:
+        if self.first is None:
+            self.first = (seconds, steps)
+        else:
+            self.later_seconds += seconds
+            self.later_steps += steps
+
+    @property
+    def training(self) -> float:
+        """Seconds so far, compilation included."""
+        return (self.first[0] if self.first else 0.0) + self.later_seconds
+
+    @property
+    def compile(self) -> float:
+        if self.first is None or not self.later_steps:
+            return 0.0
+        seconds, steps = self.first
+        return max(0.0, seconds - steps * self.later_seconds / self.later_steps)
+
+
+class Recorder:
+    """One run's record: its metrics.json and the divergence rules. Engines report to it."""
+
+    def __init__(self, run: Run, run_dir: Path, schedule: Schedule, data, *, environment: dict[str, Any],
+                 engine: dict[str, Any], listener: Listener, slot: int):
+        from bncompare.instruments import Instruments  # NumPy only; Keras is imported when measuring
+
+        self.run, self.schedule, self.listener, self.slot = run, schedule, listener, slot
+        self.classes = data.classes
+        self.metrics = MetricsFile(run_dir, experiment=run.experiment, run_id=run.run_id,
+                                   variant=run.variant, params=run.params, environment=environment,
+                                   engine=engine)
+        self.instruments = Instruments(run.params, data, Path(run_dir))
+        self.data = data
+        self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
+        params = run.params
+        self.extra_evaluations = (set(params.get("record.bn_eval", ["moving"])) != {"moving"}
+                                  or params.get("record.train_eval", 0) > 0
+                                  or params.get("model.bn_variance", "biased") == "unbiased")
+        self.lag_warned = False
+        self.limit = math.inf
+        self.status: str | None = None  # set when the run ends
+
+    @property
+    def active(self) -> bool:
+        return self.status is None
+
+    def start(self, start_loss: float) -> None:
+        """The untrained model's mean loss on the first START_PROBE training examples."""
+        self.limit = explosion_limit(float(start_loss), self.classes)
+        self.listener.started(self.run, self.schedule, slot=self.slot)
+
+    def block(self, step: int, loss: float, accuracy: float) -> bool:
+        """After a compiled call: the mean training loss and accuracy since the last eval point."""
+        if not self.active:
+            return False
+        if _bad(loss):  # stop at the first NaN/inf instead of training on garbage
+            self.diverged(step)
+        else:
+            self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
+        return self.active
+
+    def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
+              optimizer=None) -> bool:
+        """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`
+        training it, default `model.optimizer`), the run's instruments (`record.activations`,
+        `record.landscape`...) measure it first, on a snapshot: training is not changed."""
+        if not self.active:
+            return False
+        point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
+        if model is not None and self.extra_evaluations and not _bad(point.get("val_loss")):
+            from bncompare.bn_eval import extra_history  # record.bn_eval, train_eval, bn_variance
+
+            point.update(extra_history(model, self.data, self.run.params,
+                                       moving=(point["val_loss"], point["val_accuracy"])))
+        if _bad(point.get("val_loss")) or (point.get("loss") is not None and point["loss"] > self.limit):
+            self.diverged(point["step"])
+            return False
+        self._warn_lag(point["step"])
+        measured = dict(blocks or {})
+        if model is not None:
+            measured.update(self.instruments.measure(model, point))
+            if self.probing:
+                from bncompare.probes import probe_blocks
+
+                measured.update(probe_blocks(model, optimizer or model.optimizer, self.data,
+                                             self.run.params, point["step"]))
+        self.metrics.add_point(point, measured)
+        self.listener.point(point, slot=self.slot)
+        return True
+
+    def _warn_lag(self, step: int) -> None:
+        """Once per run: BN's moving averages still lean on their initial values (bn_eval.py)."""
+        if self.lag_warned:
+            return
+        from bncompare.bn_eval import lag_warning
+
+        text = lag_warning(self.run.params, step)
+        if text:
+            self.lag_warned = True
+            self.metrics.data.setdefault("warnings", []).append(text)
+            self.listener.warning(self.run, text, slot=self.slot)
+
+    def diverged(self, step: int) -> None:
+        self.finish("diverged", diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})
+
+    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
+        if not self.active:
+            return
+        self.status = status
+        self.metrics.finish(status, diverged_at=diverged_at, error=error)
+
+
+@dataclass
+class Member:
+    """One run of a group, as an engine sees it."""
+
+    run: Run
+    schedule: Schedule
+    recorder: Recorder
+    slot: int
+
+
+def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environment: dict[str, Any],
+                listener: Listener | None = None, first_slot: int = 0) -> list[Recorder]:
+    """Train `runs` together with `engine`; every run ends with a status in its metrics.json.
+
+    KeyboardInterrupt marks the runs still training `interrupted` (the diverged keep their status)
+    and is re-raised, so the caller stops the sweep. Any other exception marks them `failed`; an
+    OSError from the disk while doing so is re-raised for the caller to report.
+    """
+    listener = listener or Listener()
+    engine_record = {"name": engine.name, "members": len(runs)}
+    recorders = []
+    for offset, (run, run_dir) in enumerate(zip(runs, run_dirs)):
+        schedule = Schedule.for_run(run.params, len(data.x_train))
+        recorders.append(Recorder(run, run_dir, schedule, data, environment=environment,
+                                  engine=engine_record, listener=listener, slot=first_slot + offset))
+    members = [Member(r.run, r.schedule, r, r.slot) for r in recorders]
+    for member in members:
+        listener.compiling(member.run, slot=member.slot)
+    try:
+        compile_seconds = engine.train(members, data)
+    except KeyboardInterrupt:
+        _finish_rest(recorders, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
+        raise
+    except Exception as e:  # noqa: BLE001 - one broken group must not stop the sweep
+        refused = _finish_rest(recorders, "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        if refused:  # not even the failure could be written: the caller says which file and why
+            raise refused from e
+        return recorders
+    for recorder in recorders:
+        recorder.finish("completed")
+        if compile_seconds and recorder.status in FINISHED:
+            recorder.metrics.exclude_compile(compile_seconds)
+    return recorders
+
+
+def _finish_rest(recorders: list[Recorder], status: str, error: str) -> OSError | None:
+    """Record `status` for every run still training; the first write the disk refused, if any."""
+    refused = None
+    for recorder in recorders:
+        try:
+            recorder.finish(status, error=error)
+        except OSError as e:
+            recorder.status = recorder.status or status
+            refused = refused or e
+    return refused
+
+
+# ---- claims, outcomes ---------------------------------------------------------------------------
+
+
+def finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a completed or diverged run in `run_dir`, else None."""
+    try:
+        record = read_run(run_dir)
+    except UnreadableRun:
+        return None
+    return record.metrics if record.status in FINISHED else None
+
+
+def _done(run: Run, metrics: dict[str, Any]) -> Outcome:
+    return Outcome(run, "skipped", metrics.get("final") or {}, f"already {metrics['status']}")
+
+
+def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Outcome | None]:
+    """Skip a finished run, else claim it and write its config.yaml.
+
+    Returns (run_dir, claim, None) when this process is to train the run, else
+    (run_dir, None, outcome) saying why not (done before, busy elsewhere, disk refused).
+    """
+    run_dir = out / run.experiment / run.run_id
+    done = None if force else finished_record(run_dir)
+    if done:
+        return run_dir, None, _done(run, done)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        claim = Claim.acquire(run_dir)
+    except OSError as e:
+        return run_dir, None, cannot_write(run, run_dir, e)
+    if claim is None:
+        return run_dir, None, Outcome(run, "busy", note=f"being trained by {claim_holder(run_dir)}")
+    # Another process may have finished it between our first look and our claim.
+    done = None if force else finished_record(run_dir)
+    if done:
+        claim.release()
+        return run_dir, None, _done(run, done)
+    try:
+        remove_stale_temporaries(run_dir)  # left by a process killed inside an atomic write
+        write_config(run_dir / CONFIG_FILE, run.to_config(),
+                     f"bncompare {__version__}: resolved config of run {run.run_id} "
+                     f"(`bncompare run` this file to reproduce it)")
+    except OSError as e:
+        claim.release()
+        return run_dir, None, cannot_write(run, run_dir, e)
+    return run_dir, claim, None
+
+
+def cannot_write(run: Run, run_dir: Path, error: OSError) -> Outcome:
+    return Outcome(run, "failed", note=f"cannot write {error.filename or run_dir}: {error.strerror or error}")
+
+
+def outcome_of(run: Run, run_dir: Path, status: str | None) -> Outcome:
+    """The Outcome of a run this process trained, from its metrics.json."""
+    try:
+        metrics = read_run(run_dir).metrics
+    except UnreadableRun as e:
+        return Outcome(run, "failed", note=f"metrics.json: {e}")
+    status = status or metrics["status"]
+    if status == "running":  # its final write failed; the claim is released, so it reads as dead
+        status = "interrupted"
+    error = metrics.get("error")
+    note = error.splitlines()[0] if status == "failed" and isinstance(error, str) and error else ""
+    return Outcome(run, status, metrics.get("final") or {}, note)
+
+
+def execute_group(engine, runs: list[Run], out: Path, data, environment: dict[str, Any],
+                  listener: Listener, force: bool, first_slot: int = 0) -> list[Outcome]:
+    """Claim each run, train the claimed ones as one group, release; an Outcome per run, in order.
+
+    KeyboardInterrupt is re-raised after the outcomes are settled and reported to the listener
+    (runs that had diverged or completed keep that status); the caller reads them from
+    `InterruptedGroup.outcomes`.
+    """
+    outcomes: dict[int, Outcome] = {}
+    claimed: list[tuple[int, Run, Path, Claim]] = []
+    interrupted = False
+    recorders: list[Recorder] = []
+    try:
+        for i, run in enumerate(runs):
+            run_dir, claim, outcome = claim_run(run, out, force)
+            if outcome is not None:
+                outcomes[i] = outcome
+            else:
+                claimed.append((i, run, run_dir, claim))
+        if claimed:
+            recorders = train_group(engine, [c[1] for c in claimed], [c[2] for c in claimed], data,
+                                    environment=environment, listener=listener, first_slot=first_slot)
+    except KeyboardInterrupt:
+        interrupted = True
+    except OSError as e:  # the disk refused (read-only, full)
+        for i, run, run_dir, _ in claimed:
+            done = finished_record(run_dir)  # members that finished before the disk said no
+            outcomes[i] = (Outcome(run, done["status"], done.get("final") or {}) if done
+                           else cannot_write(run, run_dir, e))
+    except Exception as e:  # noqa: BLE001 - a bug outside training's own guard must not stop the sweep
+        for i, run, run_dir, _ in claimed:
+            if finished_record(run_dir) is None:
+                _record_failure(run, run_dir, e)
+                outcomes[i] = Outcome(run, "failed", note=f"{type(e).__name__}: {e}")
+    finally:
+        for _, _, _, claim in claimed:
+            claim.release()
+    for i, run, run_dir, _ in claimed:
+        if i not in outcomes:  # from its metrics.json: a diverged run stays diverged after Ctrl-C
+            status = next((r.status for r in recorders if r.run is run), None)
+            outcomes[i] = outcome_of(run, run_dir, status)
+    for i, run in enumerate(runs):
+        outcomes.setdefault(i, Outcome(run, "interrupted" if interrupted else "failed",
+                                       note="interrupted" if interrupted else "not trained"))
+    slots = {i: first_slot + n for n, (i, *_) in enumerate(claimed)}
+    result = [outcomes[i] for i in range(len(runs))]
+    for i, outcome in enumerate(result):
+        if outcome.status != "busy":  # reported once settled: the runner waits for it (runner.py)
+            listener.run_finished(outcome, slot=slots.get(i, first_slot))
+    if interrupted:
+        raise InterruptedGroup(result)
+    return result
+
+
+def _record_failure(run: Run, run_dir: Path, error: Exception) -> None:
+    """Mark a run that broke outside training's own error handling as failed, on disk."""
+    from bncompare.results import write_json
+
+    try:
+        metrics = read_run(run_dir).metrics
+    except UnreadableRun:  # it broke before its metrics.json existed
+        metrics = {"schema": 1, "experiment": run.experiment, "run_id": run.run_id,
+                   "variant": run.variant, "params": run.params, "history": {}, "final": {}}
+    if metrics.get("status") in (None, "running", "interrupted"):
+        metrics.update(status="failed", finished_at=now(),
+                       error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        try:
+            write_json(run_dir / METRICS_FILE, metrics)
+        except OSError:
+            pass
+
+
+class InterruptedGroup(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM during a group: carries the group's settled outcomes."""
+
+    def __init__(self, outcomes: list[Outcome]):
+        super().__init__("interrupted")
+        self.outcomes = outcomes
+
+
+def train_and_evaluate(run: Run, run_dir: Path, data, *, environment: dict[str, Any],
+                       listener: Listener | None = None, engine: str = "fit") -> str:
+    """Train one run into `run_dir` (no claim: the caller owns the directory); return its status.
+
+    KeyboardInterrupt is recorded as `interrupted` and re-raised.
+    """
+    from bncompare import engines
+
+    (recorder,) = train_group(engines.get(engine), [run], [Path(run_dir)], data,
+                              environment=environment, listener=listener)
+    return recorder.status
