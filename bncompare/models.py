@@ -65,11 +65,6 @@ def norm_of(params: dict[str, Any]) -> str:
     return params.get("model.norm") or ("batch" if params.get("model.batch_norm") else "none")
 
 
-def is_stochastic(params: dict[str, Any]) -> bool:
-    """Whether training draws random numbers inside the model (dropout masks, noisy BN)."""
-    return params["model.dropout"] > 0 or _option(params, "model.bn_noise") is not None
-
-
 # Normalisers computed from batch statistics: they subtract a per-unit mean over the batch, so a
 # bias in the weight layer before them is redundant (Ioffe & Szegedy 2015, section 3.2). Layer,
 # group and RMS norm normalise each example over its units, which a per-unit bias is not.
