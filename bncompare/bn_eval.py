@@ -52,9 +52,10 @@ def moving_average_weight(bn_momentum: float, steps: int) -> float:
 
 def uses_batch_norm(params: dict[str, Any]) -> bool:
     """Whether the run's model has BatchNormalization layers (with moving averages)."""
-    if "model.norm" in params:  # the second release's key; batch_norm is its shorthand
-        return params["model.norm"] in ("batch", "renorm", "ghost")
-    return bool(params.get("model.batch_norm"))
+    from bncompare.models import BATCH_NORMS, norm_of
+
+    # Resolved params keep model.norm null for batch (batch_norm: true is the same run).
+    return norm_of(params) in BATCH_NORMS
 
 
 def lag_warning(params: dict[str, Any], step: int) -> str | None:

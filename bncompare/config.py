@@ -10,6 +10,7 @@ value, ``--set``. A ``--set`` of a swept key replaces that sweep axis with the o
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import itertools
@@ -457,7 +458,56 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
         key = "train.steps" if params["train.steps"] else "train.epochs"
         raise ConfigError(f"{where(tuple(key.split('.')), key)}: {total:,} optimizer steps; at most "
                           f"{MAX_STEPS:,} per run" + in_variant)
+    _resolve_model(params, where, in_variant)
     return params
+
+
+# Options that only one normaliser reads, and that normaliser.
+NORM_OPTIONS = {"model.groups": "group", "model.ghost_batch_size": "ghost",
+                "model.renorm_clipping": "renorm"}
+
+
+def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> None:
+    """model.norm vs its shorthand model.batch_norm, and the model keys that depend on each other.
+
+    `norm: batch|none` is stored as `batch_norm: true|false` with norm null, so that it is the same
+    run (same id) as the shorthand. Options of a normaliser the run does not use go back to their
+    defaults: they change nothing it learns, so they must not rename it.
+    """
+    from bncompare.models import CONVOLUTIONAL, layer_sizes, norm_of
+
+    def error(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where(tuple(key.split('.')), key)}: {message}{in_variant}")
+
+    norm = params["model.norm"]
+    if params["model.batch_norm"] and norm not in (None, "batch"):
+        raise error("model.norm", f"{norm} contradicts model.batch_norm: true; set one of them "
+                    "(give each variant its own model.norm to compare normalisers)")
+    if norm in ("batch", "none"):
+        params["model.batch_norm"], params["model.norm"] = norm == "batch", None
+    norm = norm_of(params)
+    for key, owner in NORM_OPTIONS.items():
+        if norm != owner:
+            params[key] = copy.deepcopy(SCHEMA[key].default)
+    sizes = layer_sizes(params)
+    size_key = "model.hidden" if params["model.hidden"] else "model.depth"
+    kind = params["model.kind"]
+    if kind.startswith("res") and len(sizes) % 2:
+        raise error(size_key, f"{kind} is built from blocks of two layers: needs an even number of "
+                    f"hidden layers, got {len(sizes)}")
+    if params["model.skip_init"] and not kind.startswith("res"):
+        raise error("model.skip_init", f"needs a residual network (model.kind: resmlp or rescnn), "
+                    f"not {kind}")
+    if norm == "group" and any(size % params["model.groups"] for size in sizes):
+        what = "filters" if kind in CONVOLUTIONAL else "units"
+        raise error("model.groups", f"{params['model.groups']} groups do not divide the {what} of "
+                    f"every layer ({', '.join(map(str, sorted(set(sizes))))})")
+    if norm == "ghost" and params["train.batch_size"] % params["model.ghost_batch_size"]:
+        raise error("model.ghost_batch_size", f"{params['model.ghost_batch_size']} does not divide "
+                    f"train.batch_size {params['train.batch_size']}")
+    if params["model.bn_noise"] is not None and norm == "none":
+        raise error("model.bn_noise", "adds noise after each normaliser, but this run has none "
+                    "(set model.norm or model.batch_norm: true)")
 
 
 def _format_value(value: Any) -> str:

@@ -44,7 +44,7 @@ from bncompare.models import per_example_loss
 # The probe batch: the first N validation examples, fixed for the whole run. A CNN layer has ~800x
 # more values per example than an MLP layer, so its probe is smaller and its statistics use a fixed
 # random subset of at most MAX_VALUES values per layer (percentiles of 25M values cost seconds).
-PROBE_EXAMPLES = {"mlp": 1000, "cnn": 256}
+PROBE_EXAMPLES = {"mlp": 1000, "cnn": 256, "resmlp": 1000, "rescnn": 256}
 MAX_VALUES = 200_000
 PERCENTILES = (15, 50, 85)  # Ioffe & Szegedy 2015, Figure 1 (b, c)
 TENSORBOARD_EVENTS = "events.out.tfevents.*"

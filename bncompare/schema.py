@@ -219,6 +219,34 @@ def pack_mode(value: Any) -> str:
     raise ValueError(f"expected auto or off, got {_describe(value)}")
 
 
+def _mapping(value: Any, keys: dict[str, Check], example: str) -> dict[str, Any]:
+    """A mapping with exactly `keys`, each value checked."""
+    if not isinstance(value, dict) or set(value) != set(keys):
+        raise ValueError(f"expected {example}, got {_describe(value)}")
+    out = {}
+    for key, check in keys.items():
+        try:
+            out[key] = check(value[key])
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+    return out
+
+
+def renorm_clipping(value: Any) -> dict[str, float]:
+    """{rmax: >= 1, dmax: >= 0}."""
+    return _mapping(value, {"rmax": number(minimum=1), "dmax": number(minimum=0)},
+                    "{rmax: 3, dmax: 5}")
+
+
+def noise_spec(value: Any) -> dict[str, float]:
+    """{mean: >= 0, std: >= 0}, not both zero."""
+    out = _mapping(value, {"mean": number(minimum=0), "std": number(minimum=0)},
+                   "{mean: 0.5, std: 1.0} or null")
+    if out["mean"] == 0 and out["std"] == 0:
+        raise ValueError("mean and std are both 0: that is no noise; use null to turn it off")
+    return out
+
+
 # ---- the schema ----------------------------------------------------------------------------------
 
 
@@ -240,6 +268,9 @@ class Option:
     added: int = 1
 
 
+MODEL_KINDS = ("mlp", "cnn", "resmlp", "rescnn")
+NORMS = ("none", "batch", "layer", "group", "rms", "renorm", "ghost")
+RENORM_CLIPPING = {"rmax": 3.0, "dmax": 5.0}  # Ioffe 2017's final values
 BN_EVAL_MODES = ("moving", "precise", "batch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "gelu", "linear")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "synthetic")
@@ -258,9 +289,12 @@ SCHEMA: dict[str, Option] = {
     "data.train_limit": Option(None, "train on only the first N training examples (null: all)",
                                optional(integer(minimum=1)), short="n"),
     # model
-    "model.kind": Option("mlp", "mlp | cnn", one_of("mlp", "cnn"), short="kind"),
-    "model.depth": Option(2, f"hidden layers (mlp) or conv blocks (cnn), at most {MAX_DEPTH}",
-                          integer(minimum=1, maximum=MAX_DEPTH),
+    "model.kind": Option("mlp", "mlp | cnn | resmlp | rescnn (pre-activation residual versions: "
+                         "a stem, then blocks of two hidden layers with a skip connection)",
+                         one_of(*MODEL_KINDS), short="kind"),
+    "model.depth": Option(2, "hidden layers (mlp, resmlp) or conv blocks (cnn, rescnn), at most "
+                          f"{MAX_DEPTH}; residual networks have depth/2 blocks of two, so depth "
+                          "must be even there", integer(minimum=1, maximum=MAX_DEPTH),
                           short="depth"),
     "model.width": Option(128, "units (mlp) or filters (cnn) per layer",
                           integer(minimum=1, maximum=MAX_WIDTH),
@@ -272,6 +306,27 @@ SCHEMA: dict[str, Option] = {
                                one_of(*ACTIVATIONS), short="act"),
     "model.batch_norm": Option(False, "insert BatchNormalization in every hidden layer", boolean,
                                short="bn"),
+    "model.norm": Option(None, "none | batch | layer | group | rms | renorm | ghost: the normaliser "
+                         "in every hidden layer (null: batch if model.batch_norm, else none)",
+                         optional(one_of(*NORMS)), short="norm", added=2),
+    "model.groups": Option(32, "groups of GroupNorm (model.norm: group; Wu & He 2018 use 32); must "
+                           "divide every layer's width", integer(minimum=1), short="groups",
+                           added=2),
+    "model.ghost_batch_size": Option(32, "examples per ghost batch (model.norm: ghost, Hoffer et "
+                                     "al. 2017); must divide train.batch_size",
+                                     integer(minimum=1), short="ghost", added=2),
+    "model.renorm_clipping": Option(dict(RENORM_CLIPPING), "batch renorm's clipping (model.norm: "
+                                    "renorm, Ioffe 2017): r in [1/rmax, rmax], d in [-dmax, dmax], "
+                                    "constant from the first step", renorm_clipping,
+                                    short="clip", added=2),
+    "model.bn_noise": Option(None, "noisy BN (Santurkar et al. 2018): {mean: M, std: S} adds noise "
+                             "after every normaliser at training time; each step each unit draws "
+                             "a mean from U(-M, M) and a std from U(0, S), each example its own "
+                             "N(mean, std^2) value (null: off)", optional(noise_spec),
+                             short="noise", added=2),
+    "model.skip_init": Option(False, "SkipInit (De & Smith 2020): a trainable scalar gain, zero at "
+                              "the start, on each residual branch (resmlp, rescnn)", boolean,
+                              short="skipinit", added=2),
     "model.bn_placement": Option("after_activation", "after_activation (as in Keras tutorials) | "
                                  "before_activation (Ioffe & Szegedy 2015: Dense without bias, BN, "
                                  "then the nonlinearity)",
