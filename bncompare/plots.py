@@ -51,7 +51,7 @@ NAMED_COLOURS = {"bn": PALETTE[0], "batch": PALETTE[0], "batch_norm": PALETTE[0]
                  "no_bn": PALETTE[1], "none": PALETTE[1], "baseline": PALETTE[1],
                  "dropout": PALETTE[2], "layer": PALETTE[2], "layer_norm": PALETTE[2],
                  "bn_dropout": PALETTE[3], "group": PALETTE[3], "group_norm": PALETTE[3],
-                 "rms": PALETTE[4], "rms_norm": PALETTE[4], "renorm": PALETTE[5],
+                 "rms": "#999933", "rms_norm": "#999933", "renorm": PALETTE[5],
                  "ghost": "#882255", "noisy_bn": "#44AA99", "bn_noise": "#44AA99"}
 # ...and other names a colour from their name's hash (two names may then share a colour; the
 # legend and the line labels still tell them apart).
