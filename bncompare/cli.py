@@ -35,8 +35,11 @@ def _flag_type(option: TyperOption, ctx) -> str | None:
     return None if option.is_flag else _option_type(option, ctx)
 
 
-_option_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+# Typer's rich help asks each option for its type label through this method (Typer 0.16 and
+# newer); older Typers have no such hook and show no `<bool>` to begin with.
+_option_type = getattr(TyperOption, "display_type_rich", None)
+if _option_type is not None:
+    TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
