@@ -522,3 +522,21 @@ def clean(value: Any, digits: int = 6) -> Any:
 def facet_label(facets: tuple[tuple[str, Any], ...]) -> str:
     """'learning_rate=0.01, depth=4': keys without their section, as a title."""
     return ", ".join(f"{key.split('.', 1)[-1]}={format_value(value)}" for key, value in facets)
+
+
+def machine_readable(records: list[dict[str, Any]], fmt: str) -> str:
+    """Rows as `json` (a list of objects) or `csv`, numbers rounded by `clean`."""
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps([{k: clean(v) for k, v in r.items()} for r in records], indent=2)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _csv_cell(clean(v)) for k, v in r.items()} for r in records)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else value

@@ -62,12 +62,15 @@ def threads() -> int:
 
 def import_keras():
     """Import Keras (and so its backend) with the quiet, reproducible settings above."""
+    global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" not in sys.modules:
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         n = str(threads())
-        # Set before the framework starts its thread pools; TensorFlow and PyTorch below.
+        # Set before the framework starts its thread pools (TensorFlow reads TF_NUM_INTRAOP_THREADS
+        # when it creates its context); _configure below sets them again through the APIs.
         os.environ.setdefault("OMP_NUM_THREADS", n)
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", n)
         if backend == "jax":  # XLA's CPU client only; a GPU's kernels are not affected
             flags = os.environ.get("XLA_FLAGS", "")
             if "intra_op_parallelism_threads" not in flags:
@@ -80,10 +83,15 @@ def import_keras():
             raise DeviceError(f"the Keras backend {backend!r} cannot be imported ({e}); "
                               f"install it (pip install {backend}) or choose another "
                               f"with --backend") from None
-        _configure(sys.modules["keras"].backend.backend(), int(n))
     import keras
 
+    if not _configured:  # once per process, also when something imported Keras before us
+        _configure(keras.backend.backend(), threads())
+        _configured = True
     return keras
+
+
+_configured = False
 
 
 def _configure(backend: str, n: int) -> None:

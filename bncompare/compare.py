@@ -19,8 +19,6 @@ Every number comes from NumPy or scipy; nothing here holds a statistical table.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import warnings
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bncompare.aggregate import (BASELINE_NAMES, BadFilter, Condition, ExperimentResults, Reduction,
-                                 Results, clean, format_value, lower_is_better, series)
+                                 Results, format_value, lower_is_better, machine_readable, series)
 
 CONFIDENCE = 0.95
 
@@ -150,14 +148,8 @@ def _by_seed(condition: Condition, metric: str, reduction: Reduction) -> dict[st
 
 def render(results: Results, records: list[dict[str, Any]], fmt: str):
     """The comparison in `fmt` (table | csv | json | markdown); a rich Table for `table`."""
-    if fmt == "json":
-        return json.dumps([{k: clean(v) for k, v in r.items()} for r in records], indent=2)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: _csv_value(clean(v)) for k, v in r.items()} for r in records)
-        return buffer.getvalue().rstrip("\n")
+    if fmt in ("json", "csv"):
+        return machine_readable(records, fmt)
     header, body = _human(results, records)
     if fmt == "markdown":
         lines = [header, ["---"] * len(header), *body]
@@ -239,6 +231,3 @@ def _facet_cell(results: Results, record: dict[str, Any], key: str) -> str:
 def _p(value: float) -> str:
     return "<1e-6" if value < 1e-6 else f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
-
-def _csv_value(value: Any) -> Any:
-    return "" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else value

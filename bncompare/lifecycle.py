@@ -16,7 +16,6 @@ A single run is a group of one.
 from __future__ import annotations
 
 import math
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -84,7 +84,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
     """One worker process: train groups from `tasks` until the queue says stop or an interrupt."""
     os.environ.update(environment)
     from bncompare import engines, runner
-    from bncompare.lifecycle import InterruptedGroup, execute_group
+    from bncompare.lifecycle import execute_group
 
     # SIGINT is ignored (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
     # signals the whole process group, and the parent answers it by sending each worker one

@@ -14,21 +14,17 @@ only (no pyplot state), the caller's colour per variant, drawn inside the caller
 
 from __future__ import annotations
 
-import math
 import textwrap
 from typing import Iterator
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bncompare.aggregate import (X_SERIES, Condition, Curve, ExperimentResults, facet_label, mean_curve,
                                  natural, series)
 
-PANEL = (2.6, 2.0)  # inches per panel, as in plots.py
-X_LABELS = {"epoch": "epoch", "step": "optimizer step", "time": "training time (s, evaluation excluded)"}
+from bncompare.plots import PANEL, X_LABELS, _log_y  # noqa: E402 - plots imports this module lazily
 LANDSCAPE_PANELS = (
     ("loss_min", "loss_max", "loss band: L(W − η g) over the η grid", "training loss (nats)", False),
     ("grad_diff_min", "grad_diff_max", "gradient predictiveness", "‖∇L(W) − ∇L(W − η g)‖", True),
@@ -178,15 +174,6 @@ def _first_layer(groups: list, layer: str) -> bool:
 def _figure(columns: int, rows: int) -> Figure:
     return Figure(figsize=(max(4.8, PANEL[0] * columns), PANEL[1] * rows + 0.9), layout="constrained")
 
-
-def _log_y(ax: Axes) -> None:
-    """Log y axis labelled 0.2, 0.5, 1, 2 over a few decades (as plots.py does), decades beyond."""
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    if low > 0 and math.log10(high / low) <= 3:
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def _header(figure: Figure, experiment: ExperimentResults, colours: dict[str, str], groups: list,

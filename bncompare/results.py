@@ -234,8 +234,8 @@ class MetricsFile:
             for name, values in entries.items():
                 if isinstance(values, dict):
                     series = target.setdefault(name, {})
-                    for stat, value in values.items():
-                        series.setdefault(stat, []).append(value)
+                    for quantity, value in values.items():
+                        series.setdefault(quantity, []).append(value)
                 else:
                     target.setdefault(name, []).append(values)
         self.save()

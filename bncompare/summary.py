@@ -11,12 +11,10 @@ their first run started, which is the config's order when runs train one after a
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from typing import Any
 
-from bncompare.aggregate import Reduction, Results, Stats, clean, format_value, lower_is_better
+from bncompare.aggregate import (Reduction, Results, Stats, format_value, lower_is_better,
+                                 machine_readable)
 
 STATUS_ORDER = ("completed", "diverged", "running")
 SHORT = {"val_accuracy": "val acc", "accuracy": "train acc", "val_loss": "val loss", "loss": "train loss"}
@@ -65,14 +63,8 @@ def render(results: Results, fmt: str, metric: str = "val_accuracy",
            reduction: Reduction = Reduction("final")):
     """The summary in `fmt` (table | csv | json | markdown | latex); a rich Table for `table`."""
     records = rows(results, metric, reduction)
-    if fmt == "json":
-        return json.dumps([{k: clean(v) for k, v in r.items()} for r in records], indent=2)
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: _csv_value(clean(v)) for k, v in r.items()} for r in records)
-        return buffer.getvalue().rstrip("\n")
+    if fmt in ("json", "csv"):
+        return machine_readable(records, fmt)
     header, body, notes = _human(results, records, metric, reduction)
     if fmt == "markdown":
         lines = [header, ["---"] * len(header), *body]
@@ -160,9 +152,6 @@ def _latex(header: list[str], body: list[list[str]], notes: list[str]) -> str:
     lines += [f"% {note}" for note in notes]
     return "\n".join(lines)
 
-
-def _csv_value(value: Any) -> Any:
-    return "" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def _title(results: Results, metric: str, reduction: Reduction) -> str:

@@ -13,6 +13,10 @@ SHARED_DATA = ROOT.parent / "shared" / "datasets"
 if "BNCOMPARE_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["BNCOMPARE_DATA_DIR"] = str(SHARED_DATA)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# What `bncompare` sets before TensorFlow starts (backend.import_keras): test modules that import
+# Keras themselves must not start TensorFlow with other thread pools than a user's run has.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = """\
 name: tiny

@@ -27,7 +27,7 @@ from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.engines.common import (data_key, jit_compile, make_optimizer, steps_per_execution)
+from bncompare.engines.common import data_key, make_optimizer, steps_per_execution
 from bncompare.engines.fit import device_arrays
 from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE, Member, Stopwatch
 from bncompare.models import build_model, loss_function, per_example_loss
