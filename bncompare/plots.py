@@ -52,10 +52,12 @@ NAMED_COLOURS = {"bn": PALETTE[0], "batch": PALETTE[0], "batch_norm": PALETTE[0]
                  "dropout": PALETTE[2], "layer": PALETTE[2], "layer_norm": PALETTE[2],
                  "bn_dropout": PALETTE[3], "group": PALETTE[3], "group_norm": PALETTE[3],
                  "rms": "#999933", "rms_norm": "#999933", "renorm": PALETTE[5],
-                 "ghost": "#882255", "noisy_bn": "#44AA99", "bn_noise": "#44AA99"}
-# ...and other names a colour from their name's hash (two names may then share a colour; the
-# legend and the line labels still tell them apart).
-HASHED_PALETTE = PALETTE + ["#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733"]
+                 "ghost": "#882255", "noisy_bn": "#44AA99", "bn_noise": "#44AA99",
+                 "res_no_bn": "#CC6677", "res_bn": "#332288", "res_skipinit": "#117733"}
+# ...and other names a colour from their name's hash, among colours no fixed name uses (two hashed
+# names may share one; the legend and the line labels still tell them apart).
+HASHED_PALETTE = ["#88CCEE", "#DDCC77", "#AA4499", "#661100", "#6699CC", "#888888", "#CC6677",
+                  "#332288", "#117733"]
 STYLE = {
     "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 8,
     "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.titlesize": 9.5,
@@ -635,7 +637,8 @@ def caption(experiment: ExperimentResults, exclude: tuple[str, ...] = ()) -> str
     if shared.get("train.steps") is not None:
         parts.append(f"{format_value(shared['train.steps'])} steps")
     elif "train.epochs" in shared and "train.steps" in shared:
-        parts.append(f"{format_value(shared['train.epochs'])} epochs")
+        epochs = shared["train.epochs"]
+        parts.append(f"{format_value(epochs)} epoch{'s' * (epochs != 1)}")
     if "data.train_limit" in shared:
         limit = shared["data.train_limit"]
         parts.append("all training examples" if limit is None else f"{format_value(limit)} training examples")
