@@ -451,7 +451,7 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
     if limit is not None and limit > available:
         raise ConfigError(f"{where(('data', 'train_limit'), 'data.train_limit')}: {limit} is more "
                           f"than the {available} training examples {dataset} has" + in_variant)
-    # The lead's schedule is built from these; bound it here so `validate` catches a runaway.
+    # The run's schedule is built from these; bound it here so `validate` catches a runaway.
     per_epoch = -(-(limit or available) // params["train.batch_size"])
     total = params["train.steps"] or params["train.epochs"] * per_epoch
     if total > MAX_STEPS:

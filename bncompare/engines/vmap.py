@@ -162,7 +162,7 @@ class VmapEngine:
         return max(1, int((free * MEMORY_SHARE - shared) // per_member))
 
     def train(self, members: list, data: Dataset) -> None:
-        """Train `members` (equal group keys) to the end of their schedule; see engine_interface."""
+        """Train `members` (equal group keys) to the end of their schedule (engines/__init__.py)."""
         if members:
             if len(self._programs) > PROGRAMS_KEPT:
                 self._programs.clear()
