@@ -50,6 +50,7 @@ class PlainDisplay(Listener):
         self.total = self.finished = 0
         self.numbers: dict[tuple[str, str], int] = {}  # (experiment, run_id) -> 1-based place
         self.current: dict[int, tuple] = {}  # slot -> (run, schedule)
+        self.warnings = 0
 
     def __enter__(self):
         return self
@@ -101,7 +102,10 @@ class PlainDisplay(Listener):
                            highlight=False, soft_wrap=True)
 
     def warning(self, run, text: str, slot: int = 0) -> None:
-        if not self.quiet:
+        """The first warning in full; later ones (every BN run of a short sweep gets the same lag
+        warning) are counted and mentioned once at the end, so they do not bury the progress."""
+        self.warnings += 1
+        if not self.quiet and self.warnings == 1:
             self.console.print(f"[yellow]warning:[/] {escape(run.run_id)}: {escape(text)}",
                                highlight=False, soft_wrap=True)
 
@@ -111,6 +115,11 @@ class PlainDisplay(Listener):
                                f"process is training", highlight=False, soft_wrap=True)
 
     def summary(self, outcomes) -> None:
+        if self.warnings > 1 and not self.quiet:
+            more = self.warnings - 1
+            self.console.print(f"[yellow]warning:[/] {more} more run{'s' * (more != 1)} got a warning "
+                               f"(each run's metrics.json has its own under \"warnings\")",
+                               highlight=False, soft_wrap=True)
         if not self.quiet:
             print_summary_table(self.console, outcomes, self.out)
         self.console.print(summary_line(outcomes, self.out), highlight=False, soft_wrap=True)
@@ -129,8 +138,10 @@ class LiveDisplay(PlainDisplay):
         # The run id column keeps its width (see sweep_started); the others give way to it.
         self.id_column = Column(no_wrap=True)
         self.progress = Progress(
-            TextColumn("{task.description}", table_column=self.id_column), BarColumn(bar_width=None),
-            MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            TextColumn("{task.description}", table_column=self.id_column), BarColumn(bar_width=12),
+            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=9)),
+            TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+            TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=12)),
             console=console, transient=True)
         self.live = False
@@ -167,7 +178,10 @@ class LiveDisplay(PlainDisplay):
         super().started(run, schedule, slot)
         self.run_started[slot] = time.monotonic()
         if self.live:
-            self._replace_task(slot, f"{self.number(run)} {run.run_id}", schedule.total_steps, "")
+            # Engines report `started` before their first compiled call, which compiles: until the
+            # first step comes back, say so rather than show a bar stuck at 0.
+            self._replace_task(slot, f"{self.number(run)} {run.run_id}", schedule.total_steps,
+                               "compiling...")
 
     def _replace_task(self, slot: int, description: str, total: int | None, info: str) -> None:
         if slot in self.run_tasks:
