@@ -10,7 +10,7 @@
 #               results/, where a plot would read their other differences, e.g. epochs, as a sweep)
 #   --parallel  start every learning rate at once (`&` + `wait`) instead of one after another
 #   LRS         environment variable: the learning rates, default "0.001 0.01 0.1 1.0"
-#   options     passed on to every `bncompare run`, e.g. --set model.depth=4 --quiet
+#   options     passed on to every `bncompare run`, e.g. --set model.hidden=[512,256] --quiet
 #
 # Exit code: the worst of the runs' (0 ok, 1 a run failed, 2 bad config, 130 interrupted).
 set -u
