@@ -39,7 +39,6 @@ import numpy as np
 
 from bncompare.backend import import_keras
 from bncompare.data import Dataset
-from bncompare.models import per_example_loss
 
 # The probe batch: the first N validation examples, fixed for the whole run. A CNN layer has ~800x
 # more values per example than an MLP layer, so its probe is smaller and its statistics use a fixed
@@ -125,36 +124,16 @@ def _statistics(values: np.ndarray) -> dict[str, float]:
 
 def gradient_norms(model, x: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
     """{variable path: {"norm": L2 norm of d(mean loss)/d(variable)}} on (x, y), in training mode,
-    without changing any variable of the model (BN moving statistics included)."""
-    keras = import_keras()
-    trainable = model.trainable_variables
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    y = keras.ops.convert_to_tensor(y)
+    without changing any variable of the model (BN moving statistics included).
 
-    def loss_of(trainable_values):
-        # stateless_call returns the new BN statistics and seeds rather than assigning them; dropped.
-        predictions, _ = model.stateless_call(trainable_values, non_trainable, x, training=True)
-        return keras.ops.mean(per_example_loss(keras, y, predictions))
+    The gradient is the probes' (bncompare.probes): `stateless_call` with each backend's own
+    autodiff, compiled once per model, on TensorFlow, JAX and PyTorch.
+    """
+    from bncompare.probes import current_weights, keras_loss_and_gradients
 
-    backend = keras.backend.backend()
-    # Keras 3 has no backend-neutral gradient API: each backend's own autodiff, around the same loss.
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        values = [tf.convert_to_tensor(v.value) for v in trainable]
-        with tf.GradientTape() as tape:
-            tape.watch(values)
-            loss = loss_of(values)
-        grads = tape.gradient(loss, values)
-    elif backend == "jax":
-        import jax
-
-        grads = jax.grad(loss_of)([v.value for v in trainable])
-    else:
-        raise NotImplementedError(f"record.gradients supports the tensorflow and jax backends, "
-                                  f"not {backend!r}; set KERAS_BACKEND=tensorflow or turn it off")
-    return {v.path: {"norm": float(np.linalg.norm(keras.ops.convert_to_numpy(g).astype(np.float64)))}
-            for v, g in zip(trainable, grads)}
+    _, gradients = keras_loss_and_gradients(model, x, y)(current_weights(model))
+    return {v.path: {"norm": float(np.linalg.norm(np.asarray(g, dtype=np.float64)))}
+            for v, g in zip(model.trainable_variables, gradients)}
 
 
 class _SummaryWriter:

@@ -24,6 +24,7 @@ data: {dataset: synthetic, train_limit: 512}
 model: {hidden: [32, 16]}
 train: {epochs: 2, batch_size: 64, seeds: [0], optimizer: sgd}
 sweep: {train.learning_rate: [0.05, 10.0]}
+variants: {no_bn: {}, bn: {model.batch_norm: true}, bn_recorded: {model.batch_norm: true, record.gradients: true, record.activations: true}}
 """
 
 
@@ -57,6 +58,10 @@ def test_every_backend_gives_the_same_runs_statuses_and_loss_semantics(tensorflo
         assert metrics["status"] == reference["status"], run_id
         assert metrics["environment"]["backend"] == backend
         assert metrics["engine"]["name"] in ("fit", "vmap")
+        if metrics["variant"] == "bn_recorded" and metrics["status"] == "completed":
+            # The instruments measure on every backend (each one's own autodiff).
+            assert metrics["gradients"].keys() == reference["gradients"].keys()
+            assert metrics["activations"].keys() == reference["activations"].keys()
         if metrics["status"] == "completed":
             # Cross-entropy from logits: an untrained 10-class model starts near ln 10 = 2.30 on
             # every backend (probabilities clipped at 1e-7 would cap it at 16 on JAX and PyTorch).
