@@ -181,8 +181,10 @@ def run(
     if dry_run:
         import os
 
-        print_runs(runs, training_plan(runs, backend.value if backend else
-                                       os.environ.get("KERAS_BACKEND", "tensorflow")))
+        from bncompare.backend import select_backend
+
+        select_backend(backend.value if backend else None)  # the JAX planner asks Keras
+        print_runs(runs, training_plan(runs, os.environ.get("KERAS_BACKEND", "tensorflow")))
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend

@@ -69,3 +69,20 @@ def test_every_backend_gives_the_same_runs_statuses_and_loss_semantics(tensorflo
             assert metrics["history"]["step"] == reference["history"]["step"]
         else:
             assert metrics["status"] == "diverged" and metrics["params"]["train.learning_rate"] == 10.0
+
+
+def test_dry_run_on_jax_shows_the_vmap_groups(tmp_path):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (pip install -e '.[test]' installs it)")
+    config = tmp_path / "backends.yaml"
+    config.write_text(CONFIG)
+    done = subprocess.run([sys.executable, "-m", "bncompare", "run", str(config), "--dry-run",
+                           "--backend", "jax"], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # no_bn and bn differ in architecture: one vmap group each (both learning rates together);
+    # runs recording instruments train alone, and the run list says why.
+    assert sum('engine="vmap group' in line for line in lines) == 4, done.stdout
+    assert sum("fit alone (record." in line for line in lines) == 2, done.stdout
+    assert not (tmp_path / "backends").exists()  # a dry run writes nothing
