@@ -25,7 +25,8 @@ from bncompare.backend import import_keras
 from bncompare.config import load_runs
 from bncompare.data import Dataset, load_dataset
 from bncompare.models import build_model, loss_function
-from bncompare.probes import append_point, probe_blocks
+from bncompare.probes import probe_blocks
+from bncompare.results import append_series as append_point
 from bncompare.results import MetricsFile
 from bncompare.engines.common import make_optimizer
 

@@ -6,6 +6,7 @@ uses Keras 3 APIs only, so the same code trains on JAX or PyTorch too.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -78,7 +79,7 @@ def import_keras():
                                            f"intra_op_parallelism_threads={n}").strip()
         try:
             with _without_native_logs():
-                import keras  # noqa: F401
+                importlib.import_module("keras")
         except ImportError as e:  # e.g. KERAS_BACKEND=jax without jax installed
             raise DeviceError(f"the Keras backend {backend!r} cannot be imported ({e}); "
                               f"install it (pip install {backend}) or choose another "

@@ -109,7 +109,8 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
             events.put(("crashed", slot, f"{type(e).__name__}: {e}"))
             stopped = True
     if busy and not stopped:  # outcomes reach the parent through the listener, as above
-        runner.execute(busy, out, runner.prepare(busy, device), listener)
+        runner.execute(busy, out, runner.prepare(busy, device), listener,
+                       signals=(signal.SIGTERM,))  # SIGINT stays ignored, as above
     events.put(("exit", slot, None))
 
 

@@ -78,7 +78,7 @@ def probe_blocks(model, optimizer, data: Dataset, params: dict[str, Any], step: 
                    "grad_diff_max": float, "beta_smoothness": float},
      "ics": {"dense_1": {"step": step, "l2": float, "cosine": float}, "dense_2": {...}, ...}}
     Each present only when its key is on ({} when neither is). Append each leaf value to the series
-    of the same path in metrics.json (`append_point`). `optimizer` is the one training `model`
+    of the same path in metrics.json (`results.append_series`). `optimizer` is the one training `model`
     (built on model.trainable_variables, or not yet built); neither is changed.
     """
     landscape_on, ics_on = params.get("record.landscape", False), params.get("record.ics", False)
@@ -101,18 +101,6 @@ def probe_blocks(model, optimizer, data: Dataset, params: dict[str, Any], step: 
         blocks["ics"] = {layer: {"step": step, **values} for layer, values in shift.items()}
     return blocks
 
-
-def append_point(target: dict, blocks: dict) -> None:
-    """Append one eval point's blocks to metrics data: each leaf value to the list at its path.
-
-    {"landscape": {"loss_min": 0.3}} appends 0.3 to target["landscape"]["loss_min"]; any depth,
-    so {"ics": {"dense_1": {"l2": 0.1}}} works the same way.
-    """
-    for key, value in blocks.items():
-        if isinstance(value, dict):
-            append_point(target.setdefault(key, {}), value)
-        else:
-            target.setdefault(key, []).append(value)
 
 
 def probe_batch(data: Dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -203,6 +203,16 @@ def is_claimed(run_dir: Path) -> bool:
 # ---- the metrics file -----------------------------------------------------------------------------
 
 
+def append_series(target: dict, blocks: dict) -> None:
+    """Append one eval point's values to the series at the same paths in `target`, at any depth:
+    {"landscape": {"loss_min": 0.3}} appends 0.3 to target["landscape"]["loss_min"]."""
+    for key, value in blocks.items():
+        if isinstance(value, dict):
+            append_series(target.setdefault(key, {}), value)
+        else:
+            target.setdefault(key, []).append(value)
+
+
 class MetricsFile:
     """Builds one run's metrics.json, rewriting it atomically at every change."""
 
@@ -229,15 +239,7 @@ class MetricsFile:
         history = self.data["history"]
         for key in dict.fromkeys([*HISTORY_KEYS, *point]):  # extra keys: val_accuracy_precise...
             history.setdefault(key, []).append(point.get(key))
-        for block, entries in (blocks or {}).items():
-            target = self.data.setdefault(block, {})
-            for name, values in entries.items():
-                if isinstance(values, dict):
-                    series = target.setdefault(name, {})
-                    for quantity, value in values.items():
-                        series.setdefault(quantity, []).append(value)
-                else:
-                    target.setdefault(name, []).append(values)
+        append_series(self.data, blocks or {})
         self.save()
 
     def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:

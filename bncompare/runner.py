@@ -101,7 +101,8 @@ def not_started(runs: list[Run]) -> list[Outcome]:
 
 
 def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *,
-            force: bool = False) -> tuple[list[Outcome], bool]:
+            force: bool = False, signals: tuple[int, ...] = interrupts.SIGNALS
+            ) -> tuple[list[Outcome], bool]:
     """Train every run that is not finished yet, group by group; stop at the first interrupt.
 
     A run another process is training ("busy") is waited for at the end, then skipped if that
@@ -113,7 +114,7 @@ def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *
     index = {id(run): i for i, run in enumerate(runs)}
     display.sweep_started(runs)
     todo, interrupted = list(runs), False
-    with interrupts.stop_at_safe_points():
+    with interrupts.stop_at_safe_points(signals):
         while todo and not interrupted:
             done, interrupted = _train_groups(todo, out, prepared, display, force)
             for outcome in done:

@@ -18,7 +18,8 @@ import pytest
 from bncompare.config import ConfigError, load_runs
 from bncompare.data import Dataset
 from bncompare.models import build_model, loss_function
-from bncompare.probes import (DEFAULT_FACTORS, append_point, current_weights, internal_covariate_shift,
+from bncompare.results import append_series as append_point
+from bncompare.probes import (DEFAULT_FACTORS, current_weights, internal_covariate_shift,
                               keras_loss_and_gradients, landscape, optimizer_update, probe_blocks,
                               weight_layers)
 from bncompare.engines.common import make_optimizer

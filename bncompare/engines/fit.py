@@ -17,7 +17,7 @@ from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.engines.common import (data_key, evaluate_point, jit_compile, make_optimizer,
+from bncompare.engines.common import (evaluate_point, jit_compile, make_optimizer,
                                       start_loss, steps_per_execution)
 from bncompare.lifecycle import Member, Stopwatch
 from bncompare.models import build_model, loss_function
@@ -123,5 +123,3 @@ class FitEngine:
             interrupts.check()
         return stopwatch.compile
 
-
-__all__ = ["FitEngine", "data_key"]
