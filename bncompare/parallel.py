@@ -86,7 +86,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
     from bncompare import engines, runner
     from bncompare.lifecycle import execute_group
 
-    # SIGINT is ignored (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
+    # SIGINT is blocked (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
     # signals the whole process group, and the parent answers it by sending each worker one
     # SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
     listener = _Forward(events, slot)
@@ -110,7 +110,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
             stopped = True
     if busy and not stopped:  # outcomes reach the parent through the listener, as above
         runner.execute(busy, out, runner.prepare(busy, device), listener,
-                       signals=(signal.SIGTERM,))  # SIGINT stays ignored, as above
+                       signals=(signal.SIGTERM,))  # SIGINT stays blocked, as above
     events.put(("exit", slot, None))
 
 
@@ -142,14 +142,16 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
                                args=(slot, worker_environment(slot, jobs, gpus), out, device, force,
                                      tasks, events))
                for slot in range(jobs)]
-    # Workers start with SIGINT ignored (a disposition that survives exec): Ctrl-C while they
+    # Workers start with SIGINT blocked (a signal mask survives fork and exec): Ctrl-C while they
     # import would otherwise print their tracebacks; the parent stops them with SIGTERM instead.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked, not ignored, in the parent: a Ctrl-C that arrives while the workers start stays
+    # pending and is handled the moment the mask is lifted, instead of being lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         for worker in workers:
             worker.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     display.sweep_started(runs)
     outcomes: dict[tuple[str, str], Outcome] = {}
     taken: dict[int, list[Run]] = {}  # slot -> the runs of the group it is on
