@@ -7,6 +7,7 @@ must answer at once; the heavy imports happen inside the command that needs them
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -444,6 +445,42 @@ def compare(
     _print_rendered(render(results, records, table_format.value))
     if results.skipped:
         stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def report(
+    results_dir: ResultsDir,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE.html", help="Write the page here (default: RESULTS_DIR/report.html).")] = None,
+    metric: MetricName = "val_accuracy",
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Write one self-contained HTML page of the results, to read and send: per experiment, what
+    each variant sets, the paired comparison in words, as a table and a forest plot, the figures,
+    the summary, warnings, settings, environment and the commands that reproduce it.
+
+    Nothing in the page loads from the network or runs a script. Exit code 2 when it cannot be
+    written (use --out).
+    """
+    target = out if out is not None else results_dir / "report.html"
+    if target.is_dir():
+        raise fail(f"--out {target}: is a directory; give a file name, e.g. --out report.html")
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.report import write
+
+    command = " ".join(shlex.quote(part) for part in ["bncompare", *sys.argv[1:]]) \
+        if Path(sys.argv[0]).name in ("bncompare", "__main__.py") else ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figures = write(results, target, metric, command)
+    except OSError as e:
+        raise fail(f"cannot write {target} ({e.strerror or e}); write it elsewhere with --out FILE.html") from None
+    stdout.print(escape(str(target)), soft_wrap=True)
+    stdout.print(f"{len(results.experiments)} experiment{'s' * (len(results.experiments) != 1)}, "
+                 f"{figures} figure{'s' * (figures != 1)}, {results.runs} "
+                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
