@@ -438,8 +438,9 @@ def forest_figure(experiment: ExperimentResults, records: list[dict[str, Any]],
     ax.grid(axis="y", visible=False)
     first = records[0]
     better = "lower" if lower_is_better(first["metric"]) else "higher"
-    ax.set_xlabel(f"difference in {metric_label(first['metric']).split(' (')[0]}, variant − "
-                  f"baseline ({better} is better)")
+    ax.margins(x=0.1)
+    ax.set_xlabel(f"variant − baseline: difference in\n{metric_label(first['metric']).split(' (')[0]} "
+                  f"({better} is better)")
     variants = [v for v in experiment.variants if any(r["variant"] == v for r in records)]
     _header(figure, experiment, f"paired difference by seed, mean and 95% t-interval "
             f"({first.get('reduce', 'final')} {first['metric']})", None, variants=variants)

@@ -221,8 +221,12 @@ def _in_words(record: dict[str, Any], keys: list[str]) -> str:
         text += f" (paired t-test p = {compare._p(record['p_value'])})"
     low, high = record["ci_low"], record["ci_high"]
     what = f"{record.get('reduce', 'final')} {record['metric']}"
-    if low is None:
-        text += "; too few pairs for an interval: run more seeds." if record["mean_diff"] is not None else "."
+    if record["mean_diff"] is None:
+        text += "."
+    elif low is None and record["n_pairs"] < 2:
+        text += "; one pair has no interval: run more seeds."
+    elif low is None:
+        text += "; every pair differs by the same amount, so there is no spread to make an interval of."
     elif low > 0 or high < 0:
         direction = "higher" if low > 0 else "lower"
         text += (f"; the interval excludes 0: {record['variant']}'s {what} is {direction} than "

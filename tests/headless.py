@@ -42,8 +42,9 @@ class Browser:
     def __init__(self, profile: Path, timeout: float = 30.0):
         commands_read, self._commands = os.pipe()
         self._replies, replies_write = os.pipe()
-        # The child needs them as fds 3 and 4; moved above 10 first so dup2 cannot clobber them.
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_read, replies_write)]
+        # The child needs them as fds 3 and 4; moved above 10 first so dup2 cannot clobber them,
+        # close-on-exec so only the dup2 copies reach the browser.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (commands_read, replies_write)]
         os.close(commands_read)
         os.close(replies_write)
 
@@ -54,7 +55,9 @@ class Browser:
         self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=as_3_and_4,
-                                        pass_fds=(3, 4))
+                                        # not pass_fds=(3, 4): the parent may have no fd 3 to
+                                        # pass; Python's own fds are not inheritable (PEP 446).
+                                        close_fds=False)
         for fd in high:
             os.close(fd)
         self.deadline = time.monotonic() + timeout
