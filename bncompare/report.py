@@ -66,8 +66,9 @@ SHOWN = {"experiment", "variant", "baseline", "metric", "reduce", "better", "n_p
          "n_diverged_variant", "n_diverged_baseline"}
 
 
-def e(value: Any) -> str:
-    """Text for HTML: anything read from results, escaped (quotes too: it may go in an attribute)."""
+def escape(value: Any) -> str:
+    """Any value as HTML text: formatted like the tables (format_value), then escaped, quotes too
+    (it may go in an attribute). Everything read from results goes through here."""
     return html.escape(value if isinstance(value, str) else format_value(value), quote=True)
 
 
@@ -89,9 +90,9 @@ def build(results: Results, metric: str = "val_accuracy", command: str = "") -> 
     contents = ""
     if len(results.experiments) > 1:
         contents = ("<nav aria-label=\"experiments\"><ul>" + "".join(
-            f'<li><a href="#e{n}">{e(x.name)}</a></li>' for n, x in enumerate(results.experiments, 1))
+            f'<li><a href="#e{n}">{escape(x.name)}</a></li>' for n, x in enumerate(results.experiments, 1))
             + "</ul></nav>")
-    skipped = _skipped(results, None)
+    skipped = _skipped(results)
     digest = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
     policy = (f"default-src 'none'; img-src data:; style-src 'sha256-{digest}'; base-uri 'none'; "
               "form-action 'none'")
@@ -99,11 +100,11 @@ def build(results: Results, metric: str = "val_accuracy", command: str = "") -> 
             f'<meta http-equiv="Content-Security-Policy" content="{policy}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             '<meta name="referrer" content="no-referrer">\n<link rel="icon" href="data:,">\n'
-            f"<title>bncompare report: {e(names)}</title>\n<style>{STYLE}</style></head>\n")
-    intro = (f"<header><h1>What does BatchNorm change? {e(names)}</h1>"
-             f'<p class="muted">{results.runs} runs from <code>{e(str(results.root))}</code>'
-             f"{_where(results)}; written {e(now())} by bncompare {e(__version__)}"
-             f"{f' with <code>{e(command)}</code>' if command else ''}.</p>"
+            f"<title>bncompare report: {escape(names)}</title>\n<style>{STYLE}</style></head>\n")
+    intro = (f"<header><h1>What does BatchNorm change? {escape(names)}</h1>"
+             f'<p class="muted">{results.runs} runs from <code>{escape(str(results.root))}</code>'
+             f"{_where(results)}; written {escape(now())} by bncompare {escape(__version__)}"
+             f"{f' with <code>{escape(command)}</code>' if command else ''}.</p>"
              f"{skipped}{contents}</header>\n")
     return head + "<body><main>\n" + intro + "\n".join(sections) + "</main></body></html>\n", figures
 
@@ -111,7 +112,7 @@ def build(results: Results, metric: str = "val_accuracy", command: str = "") -> 
 def _where(results: Results) -> str:
     if not results.where:
         return ""
-    return ", only runs with " + ", ".join(f"<code>{e(k)}={e(v)}</code>" for k, v in results.where.items())
+    return ", only runs with " + ", ".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in results.where.items())
 
 
 # ---- one experiment ---------------------------------------------------------------------------------
@@ -130,8 +131,8 @@ def _experiment(results: Results, experiment: ExperimentResults, anchor: str,
     records = compare.rows(one, metric) if len(experiment.variants) > 1 else []
     notes: list[str] = []
     forest, figures = _figures(one, experiment, records, metric, notes)
-    parts = [f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{e(experiment.name)}</h2>',
-             f'<p class="muted">{len(runs)} runs: {e(counts)}.</p>',
+    parts = [f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{escape(experiment.name)}</h2>',
+             f'<p class="muted">{len(runs)} runs: {escape(counts)}.</p>',
              _compared(experiment, runs),
              _comparison(one, experiment, records, forest),
              _figure_list(figures),
@@ -164,19 +165,19 @@ def _compared(experiment: ExperimentResults, runs: list) -> str:
     baseline = compare.default_baseline(experiment.variants)
     lines = []
     for variant, settings in variant_settings(experiment).items():
-        sets = ", ".join(f"<code>{e(k)}: {e(v)}</code>" for k, v in settings.items()) or "nothing else"
+        sets = ", ".join(f"<code>{escape(k)}: {escape(v)}</code>" for k, v in settings.items())
         role = " (baseline)" if variant == baseline and len(experiment.variants) > 1 else ""
-        lines.append(f"<li><strong>{e(variant)}</strong>{role}: {sets}</li>")
+        lines.append(f"<li><strong>{escape(variant)}</strong>{role}{': ' + sets if sets else ''}</li>")
     seeds = sorted({format_value(run.metrics["params"].get("train.seed")) for run in runs},
                    key=lambda s: (len(s), s))
-    varied = "".join(f"<li>each at <code>{e(key)}</code> = {e(', '.join(format_value(v) for v in experiment.values(key)))}</li>"
+    varied = "".join(f"<li>each at <code>{escape(key)}</code> = {escape(', '.join(format_value(v) for v in experiment.values(key)))}</li>"
                      for key in experiment.facet_keys)
     from bncompare.plots import caption
 
     shared = caption(experiment)
     return (f"<h3>What was compared</h3><ul>{''.join(lines)}{varied}"
-            f"<li>seeds: {e(', '.join(seeds))}</li>"
-            f"{f'<li>all runs: {e(shared)}</li>' if shared else ''}</ul>")
+            f"<li>seeds: {escape(', '.join(seeds))}</li>"
+            f"{f'<li>all runs: {escape(shared)}</li>' if shared else ''}</ul>")
 
 
 def _comparison(one: Results, experiment: ExperimentResults, records: list[dict[str, Any]],
@@ -184,7 +185,7 @@ def _comparison(one: Results, experiment: ExperimentResults, records: list[dict[
     """`compare`'s rows in words, as a table and as a forest plot."""
     if not records:
         return ("<h3>Paired comparison</h3><p>Nothing to compare: one variant only "
-                f"({e(', '.join(experiment.variants))}).</p>")
+                f"({escape(', '.join(experiment.variants))}).</p>")
     keys = compare.condition_keys(one)
     words = "".join(f"<li>{_in_words(record, keys)}</li>" for record in records)
     extra = list(dict.fromkeys(k for r in records for k in r if k not in SHOWN and k not in keys))
@@ -193,8 +194,8 @@ def _comparison(one: Results, experiment: ExperimentResults, records: list[dict[
     body = []
     for r in records:
         sure = r["ci_low"] is not None and (r["ci_low"] > 0 or r["ci_high"] < 0)
-        cells = ([f"<td>{e(r.get(k))}</td>" for k in keys]
-                 + [f"<td>{e(r['variant'])} − {e(r['baseline'])}</td>",
+        cells = ([f"<td>{escape(r.get(k))}</td>" for k in keys]
+                 + [f"<td>{escape(r['variant'])} − {escape(r['baseline'])}</td>",
                     _num("-" if r["mean_diff"] is None else compare._difference(r)),
                     _num("-" if r["p_value"] is None else compare._p(r["p_value"])),
                     _num(f"{r['wins']}/{r['n_pairs']}{compare._dropped(r)}"),
@@ -233,7 +234,7 @@ def _in_words(record: dict[str, Any], keys: list[str]) -> str:
                  f"{record['baseline']}'s.")
     else:
         text += "; the interval contains 0: these seeds cannot tell them apart (run more seeds)."
-    return e(text)
+    return escape(text)
 
 
 def _field(value: Any) -> str:
@@ -246,15 +247,15 @@ def _field(value: Any) -> str:
 
 
 def _num(text: str) -> str:
-    return f'<td class="num">{e(text)}</td>'
+    return f'<td class="num">{escape(text)}</td>'
 
 
 def _table(caption: str, header: list[str], body: list[str], note: str = "") -> str:
     """`caption` and `note` text, `header` text, `body` rows of HTML. The note goes above the
     scrolling box, so on a phone it wraps at the screen's width, not the table's."""
-    head = "".join(f'<th scope="col">{e(h)}</th>' for h in header)
-    return (f'{f"<p class=muted>{e(note)}</p>" if note else ""}<div class="scroll"><table>'
-            f'<caption>{e(caption)}</caption><thead><tr>{head}</tr></thead>'
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in header)
+    return (f'{f"<p class=muted>{escape(note)}</p>" if note else ""}<div class="scroll"><table>'
+            f'<caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -269,6 +270,10 @@ def _figures(one: Results, experiment: ExperimentResults, records: list[dict[str
     forest, figures = [], []
     keys = compare.condition_keys(one)
     with rc_context(plots.STYLE):
+        if len(records) > plots.MAX_PANELS:
+            notes.append(f"the forest plot shows the first {plots.MAX_PANELS} of {len(records)} "
+                         "rows (the table has them all); choose with --where KEY=VALUE")
+            records = records[:plots.MAX_PANELS]
         if records:
             labels = [", ".join(filter(None, [f"{r['variant']} − {r['baseline']}",
                                               facet_label(tuple(_facets(r, keys)))]))
@@ -298,14 +303,14 @@ def _image(figure) -> Image:
 
 def _figure_list(figures: list[Image]) -> str:
     # The size sets the aspect ratio before the image decodes; CSS shrinks it to a phone's width.
-    return "".join(f'<figure><img src="{uri}" alt="{e(alt)}" width="{w}" height="{h}"></figure>'
+    return "".join(f'<figure><img src="{uri}" alt="{escape(alt)}" width="{w}" height="{h}"></figure>'
                    for uri, alt, (w, h) in figures)
 
 
 def _summary(one: Results, metric: str) -> str:
     header, body, notes = summary.cells(one, metric)
     numeric = set(header[header.index("seeds"):-1])
-    rows = ["<tr>" + "".join(_num(cell) if column in numeric else f"<td>{e(cell)}</td>"
+    rows = ["<tr>" + "".join(_num(cell) if column in numeric else f"<td>{escape(cell)}</td>"
                              for column, cell in zip(header, line)) + "</tr>" for line in body]
     caption = (f"One row per condition: final and best {metric}, mean ± std over seeds (diverged "
                f"seeds excluded)")
@@ -318,11 +323,12 @@ def _warnings(experiment: ExperimentResults, runs: list, skipped: list[tuple[Pat
     items = []
     said: dict[str, list[str]] = {}
     for run in runs:
-        for text in run.metrics.get("warnings") or []:
+        recorded = run.metrics.get("warnings")
+        for text in recorded if isinstance(recorded, list) else []:
             if isinstance(text, str):
                 said.setdefault(text, []).append(run.run_id)
     for text, ids in said.items():
-        items.append(f"<li>{len(ids)} run{'s' * (len(ids) != 1)} ({e(_few(ids))}): {e(text)}</li>")
+        items.append(f"<li>{len(ids)} run{'s' * (len(ids) != 1)} ({escape(_few(ids))}): {escape(text)}</li>")
     diverged = [run for run in runs if run.status == "diverged"]
     if diverged:
         where = []
@@ -331,10 +337,10 @@ def _warnings(experiment: ExperimentResults, runs: list, skipped: list[tuple[Pat
             step = at.get("step") if isinstance(at, dict) else None
             where.append(f"{run.run_id}{f' at step {format_value(step)}' if step is not None else ''}")
         items.append(f"<li>{len(diverged)} run{'s' * (len(diverged) != 1)} diverged (loss NaN/inf "
-                     f"or exploded; left out of means and pairs): {e(_few(where, 12))}</li>")
+                     f"or exploded; left out of means and pairs): {escape(_few(where, 12))}</li>")
     for path, reason in skipped:
-        items.append(f"<li>skipped <code>{e(path.name)}</code>: {e(reason)}</li>")
-    items += [f"<li>{e(note)}</li>" for note in notes]
+        items.append(f"<li>skipped <code>{escape(path.name)}</code>: {escape(reason)}</li>")
+    items += [f"<li>{escape(note)}</li>" for note in notes]
     if not items:
         return "<h3>Warnings</h3><p>None.</p>"
     return f'<h3>Warnings</h3><ul class="warn">{"".join(items)}</ul>'
@@ -345,19 +351,19 @@ def _few(items: list[str], shown: int = 3) -> str:
     return ", ".join(items[:shown]) + more
 
 
-def _skipped(results: Results, experiment: ExperimentResults | None) -> str:
+def _skipped(results: Results) -> str:
     """Skipped runs outside every experiment's directory (an unreadable experiment, say)."""
     lost = [(p, r) for p, r in results.skipped
             if not any(_belongs(p, x) for x in results.experiments)]
     if not lost:
         return ""
-    return ('<p class="warn">Skipped: ' + "; ".join(f"<code>{e(str(p))}</code>: {e(r)}" for p, r in lost)
+    return ('<p class="warn">Skipped: ' + "; ".join(f"<code>{escape(str(p))}</code>: {escape(r)}" for p, r in lost)
             + "</p>")
 
 
 def _settings(experiment: ExperimentResults, runs: list) -> str:
     """The settings every run shares, and the environment the runs trained in."""
-    shared = "".join(f"<div><dt><code>{e(k)}</code></dt><dd>{e(v)}</dd></div>"
+    shared = "".join(f"<div><dt><code>{escape(k)}</code></dt><dd>{escape(v)}</dd></div>"
                      for k, v in experiment.shared.items())
     environment: dict[str, Counter] = {}
     for run in runs:
@@ -372,12 +378,12 @@ def _settings(experiment: ExperimentResults, runs: list) -> str:
     env_rows = []
     for key, values in environment.items():
         text = ", ".join(v if len(values) == 1 else f"{v} ({n} runs)" for v, n in values.most_common())
-        env_rows.append(f'<tr><th scope="row">{e(key)}</th><td>{e(text)}</td></tr>')
+        env_rows.append(f'<tr><th scope="row">{escape(key)}</th><td>{escape(text)}</td></tr>')
     started = sorted(str(run.metrics.get("started_at") or "") for run in runs if run.metrics.get("started_at"))
     finished = sorted(str(run.metrics.get("finished_at") or "") for run in runs if run.metrics.get("finished_at"))
     if started:
-        env_rows.append(f'<tr><th scope="row">trained</th><td>{e(started[0])} to '
-                        f'{e(finished[-1] if finished else "?")}</td></tr>')
+        env_rows.append(f'<tr><th scope="row">trained</th><td>{escape(started[0])} to '
+                        f'{escape(finished[-1] if finished else "?")}</td></tr>')
     return ("<h3>Shared settings and environment</h3><p>Every run has these settings:</p>"
             f'<dl class="settings">{shared}</dl>'
             + _table("Environment (values that differ between runs: with their counts)",
@@ -429,16 +435,16 @@ def _reproduce(results: Results, experiment: ExperimentResults, runs: list, metr
     if config is not None:
         text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, allow_unicode=True)
         train = (f"<p>This config expands to exactly these {len(runs)} runs (the same run ids). Save it "
-                 f"as <code>{e(name)}</code>, then:</p><pre>bncompare run {e(shlex.quote(name))}"
-                 f" --out {e(shlex.quote(str(root)))}{e(backend)} --force</pre>"
-                 f"<pre>{e(text)}</pre>")
+                 f"as <code>{escape(name)}</code>, then:</p><pre>bncompare run {escape(shlex.quote(name))}"
+                 f" --out {escape(shlex.quote(str(root)))}{escape(backend)} --force</pre>"
+                 f"<pre>{escape(text)}</pre>")
     else:
         train = ("<p>Each run's directory holds its resolved config, which reproduces that run:</p>"
-                 f"<pre>bncompare run {e(shlex.quote(str(experiment.directory)))}/*/config.yaml"
-                 f"{e(backend)}</pre>")
+                 f"<pre>bncompare run {escape(shlex.quote(str(experiment.directory)))}/*/config.yaml"
+                 f"{escape(backend)}</pre>")
     selection = f" --experiment {shlex.quote(experiment.name)}" + "".join(
         f" --where {shlex.quote(f'{k}={format_value(v)}')}" for k, v in results.where.items())
     where = shlex.quote(str(results.root))
     analysis = "\n".join(f"bncompare {command} {where}{selection} --metric {shlex.quote(metric)}"
                          for command in ("compare", "summary", "plot"))
-    return (f"<h3>Reproduce</h3>{train}<p>The tables and figures above:</p><pre>{e(analysis)}</pre>")
+    return (f"<h3>Reproduce</h3>{train}<p>The tables and figures above:</p><pre>{escape(analysis)}</pre>")
