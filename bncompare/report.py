@@ -112,7 +112,8 @@ def build(results: Results, metric: str = "val_accuracy", command: str = "") -> 
 def _where(results: Results) -> str:
     if not results.where:
         return ""
-    return ", only runs with " + ", ".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in results.where.items())
+    return ", only runs with " + ", ".join(f"<code>{escape(k)}={escape(v)}</code>"
+                                          for k, v in results.where.items())
 
 
 # ---- one experiment ---------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def _experiment(results: Results, experiment: ExperimentResults, anchor: str,
     notes: list[str] = []
     forest, figures = _figures(one, experiment, records, metric, notes)
     parts = [f'<section aria-labelledby="{anchor}"><h2 id="{anchor}">{escape(experiment.name)}</h2>',
-             f'<p class="muted">{len(runs)} runs: {escape(counts)}.</p>',
+             f'<p class="muted">{len(runs)} run{"s" * (len(runs) != 1)}: {escape(counts)}.</p>',
              _compared(experiment, runs),
              _comparison(one, experiment, records, forest),
              _figure_list(figures),
@@ -170,7 +171,8 @@ def _compared(experiment: ExperimentResults, runs: list) -> str:
         lines.append(f"<li><strong>{escape(variant)}</strong>{role}{': ' + sets if sets else ''}</li>")
     seeds = sorted({format_value(run.metrics["params"].get("train.seed")) for run in runs},
                    key=lambda s: (len(s), s))
-    varied = "".join(f"<li>each at <code>{escape(key)}</code> = {escape(', '.join(format_value(v) for v in experiment.values(key)))}</li>"
+    varied = "".join(f"<li>each at <code>{escape(key)}</code> = "
+                     f"{escape(', '.join(format_value(v) for v in experiment.values(key)))}</li>"
                      for key in experiment.facet_keys)
     from bncompare.plots import caption
 
@@ -184,7 +186,9 @@ def _comparison(one: Results, experiment: ExperimentResults, records: list[dict[
                 forest: list[Image]) -> str:
     """`compare`'s rows in words, as a table and as a forest plot."""
     if not records:
-        return ("<h3>Paired comparison</h3><p>Nothing to compare: one variant only "
+        why = ("one variant only" if len(experiment.variants) == 1 else
+               f"no condition has {compare.default_baseline(experiment.variants)} and another variant")
+        return (f"<h3>Paired comparison</h3><p>Nothing to compare: {escape(why)} "
                 f"({escape(', '.join(experiment.variants))}).</p>")
     keys = compare.condition_keys(one)
     words = "".join(f"<li>{_in_words(record, keys)}</li>" for record in records)
@@ -357,7 +361,8 @@ def _skipped(results: Results) -> str:
             if not any(_belongs(p, x) for x in results.experiments)]
     if not lost:
         return ""
-    return ('<p class="warn">Skipped: ' + "; ".join(f"<code>{escape(str(p))}</code>: {escape(r)}" for p, r in lost)
+    return ('<p class="warn">Skipped: '
+            + "; ".join(f"<code>{escape(str(path))}</code>: {escape(reason)}" for path, reason in lost)
             + "</p>")
 
 
@@ -379,8 +384,8 @@ def _settings(experiment: ExperimentResults, runs: list) -> str:
     for key, values in environment.items():
         text = ", ".join(v if len(values) == 1 else f"{v} ({n} runs)" for v, n in values.most_common())
         env_rows.append(f'<tr><th scope="row">{escape(key)}</th><td>{escape(text)}</td></tr>')
-    started = sorted(str(run.metrics.get("started_at") or "") for run in runs if run.metrics.get("started_at"))
-    finished = sorted(str(run.metrics.get("finished_at") or "") for run in runs if run.metrics.get("finished_at"))
+    started = sorted(run.metrics["started_at"] for run in runs if run.metrics.get("started_at"))
+    finished = sorted(run.metrics["finished_at"] for run in runs if run.metrics.get("finished_at"))
     if started:
         env_rows.append(f'<tr><th scope="row">trained</th><td>{escape(started[0])} to '
                         f'{escape(finished[-1] if finished else "?")}</td></tr>')
