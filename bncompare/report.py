@@ -1,9 +1,9 @@
 """`bncompare report`: one self-contained HTML page that answers "what does BN change here, and how
 sure are we?", to send as a single file.
 
-Per experiment: what each variant sets, `compare`'s rows in words, as a table and as a forest plot,
-the figures `plot` draws, the summary table, warnings (BN's moving-average lag, diverged and skipped
-runs), status counts, the shared settings, the environment and the commands that reproduce it.
+Per experiment: status counts, what each variant sets, `compare`'s rows in words, as a table and as
+a forest plot, warnings (BN's moving-average lag, diverged and skipped runs), the figures `plot`
+draws, the summary table, the shared settings, the environment and the commands that reproduce it.
 
 Self-contained and inert: figures are SVG data URIs in <img> (an image cannot run script or load
 anything, whatever text a figure holds), there is no script at all, and a Content-Security-Policy
@@ -136,9 +136,10 @@ def _experiment(results: Results, experiment: ExperimentResults, anchor: str,
              f'<p class="muted">{len(runs)} run{"s" * (len(runs) != 1)}: {escape(counts)}.</p>',
              _compared(experiment, runs),
              _comparison(one, experiment, records, forest),
+             # The caveats next to the numbers they qualify, before the figures.
+             _warnings(experiment, runs, skipped, notes),
              _figure_list(figures),
              _summary(one, metric),
-             _warnings(experiment, runs, skipped, notes),
              _settings(experiment, runs),
              _reproduce(results, experiment, runs, metric),
              "</section>"]
