@@ -60,6 +60,12 @@ ConfigPaths = Annotated[list[Path], typer.Argument(
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Override a config key, e.g. --set train.learning_rate=0.1 (value read as YAML; repeatable).")]
+Sweeps = Annotated[Optional[list[str]], typer.Option(
+    "--sweep", metavar="KEY=V1,V2,...",
+    help="A sweep axis, crossed like `sweep:` in the file (replaces the file's axis of KEY), e.g. "
+    "--sweep train.learning_rate=0.01,0.1 (values read as YAML; repeatable).")]
+OnlyVariants = Annotated[Optional[str], typer.Option(
+    "--variants", metavar="A,B", help="Only these variants of the configs (run ids unchanged).")]
 
 
 def _version(value: bool) -> None:
@@ -103,9 +109,10 @@ def _results_root(out: Path) -> Path:
     return out
 
 
-def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
+def _load(configs: list[Path], overrides: list[str] | None, sweeps: list[str] | None = None,
+          only_variants: str | None = None) -> list[Run]:
     try:
-        return load_runs(configs, overrides)
+        return load_runs(configs, overrides, sweeps, only_variants)
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -161,6 +168,8 @@ def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
+    sweeps: Sweeps = None,
+    only_variants: OnlyVariants = None,
     out: Annotated[Path, typer.Option("--out", callback=_results_root,
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
@@ -177,7 +186,7 @@ def run(
     Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json}. Exit code: 0 when every run
     completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
-    runs = _load(configs, overrides)
+    runs = _load(configs, overrides, sweeps, only_variants)
     if dry_run:
         import os
 
@@ -261,12 +270,13 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
 
 
 @app.command()
-def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
+def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps = None,
+             only_variants: OnlyVariants = None) -> None:
     """Check configs and print the runs each expands to. Exit code 2 when any is invalid."""
     invalid = 0
     for config in configs:
         try:
-            runs = load_runs([config], overrides)
+            runs = load_runs([config], overrides, sweeps, only_variants)
         except ConfigError as e:
             fail(str(e))
             invalid += 1

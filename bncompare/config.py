@@ -344,8 +344,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    """Read and validate one config file, with `--set KEY=VALUE` overrides applied."""
+def parse_sweep_option(text: str) -> tuple[str, Any, str]:
+    """`--sweep train.learning_rate=0.01,0.1` -> ("train.learning_rate", [0.01, 0.1], label), the
+    label naming the option in error messages.
+
+    The values are read as one YAML flow list, so a value may itself be a list:
+    `--sweep model.hidden=[64],[64,64]`.
+    """
+    key, sep, raw = text.partition("=")
+    key, label = key.strip(), set_label(text).replace("--set", "--sweep", 1)
+    if not sep or not key or not raw.strip():
+        raise ConfigError(f"{label}: expected KEY=V1,V2,..., e.g. --sweep train.learning_rate=0.01,0.1")
+    try:
+        values = parse_yaml(f"[{raw}]", label)[0]
+    except ConfigError:
+        raise ConfigError(f"{label}: the values are not a valid YAML list") from None
+    return key, values, label
+
+
+def _select_variants(variants: dict[str, dict[str, Any]], names: str) -> dict[str, dict[str, Any]]:
+    """`--variants bn,no_bn`: only those variants, in the config's order."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = list(variants or {"base": {}})
+    unknown = [name for name in wanted if name not in known]
+    if not wanted or unknown:
+        what = f"no variant {unknown[0]!r}" if unknown else "name at least one variant"
+        raise ConfigError(f"--variants {names}: {what} (variants: {', '.join(known)})")
+    return {name: variants[name] for name in known if name in wanted} if variants else variants
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None,
+                    sweeps: list[str] | None = None, only_variants: str | None = None) -> Experiment:
+    """Read and validate one config file, with `--set KEY=VALUE` overrides, `--sweep KEY=V1,V2`
+    axes and a `--variants A,B` selection applied (in that order)."""
     path = Path(path)
     data, lines = read_yaml(path)
     where = _Where(str(path), lines)
@@ -406,6 +437,15 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             sweep.pop(key, None)  # the command line wins: a set key is no longer swept
             if key not in set_keys and key not in NOT_VARIABLE:
                 set_keys.append(key)
+
+    for text in sweeps or []:  # crossed like `sweep:`; an axis of the file with its key is replaced
+        key, values, label = parse_sweep_option(text)
+        if key in set_keys:
+            raise ConfigError(f"{label}: {key} is also given by {origins[('set', key)]}; "
+                              f"set it in one place")
+        sweep.update(_parse_sweep({key: values}, _Where(label, {}), origins))
+    if only_variants is not None:
+        variants = _select_variants(variants, only_variants)
 
     for name, overrides_ in variants.items():
         for key in overrides_:
@@ -677,11 +717,12 @@ def expand(experiment: Experiment) -> list[Run]:
     return runs
 
 
-def load_runs(paths: list[str | Path], overrides: list[str] | None = None) -> list[Run]:
+def load_runs(paths: list[str | Path], overrides: list[str] | None = None,
+              sweeps: list[str] | None = None, only_variants: str | None = None) -> list[Run]:
     """Load every config, expand it, and drop exact duplicates (same experiment and run id)."""
     runs: dict[tuple[str, str], Run] = {}
     for path in paths:
-        for run in expand(load_experiment(path, overrides)):
+        for run in expand(load_experiment(path, overrides, sweeps, only_variants)):
             runs.setdefault((run.experiment, run.run_id), run)
     return list(runs.values())
 
