@@ -197,6 +197,7 @@ def run(
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
+    from bncompare.callables import CallableError
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay
     from bncompare.skipping import unfinished
@@ -216,7 +217,7 @@ def run(
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
             prepared = _check(runs, executor, jobs, device, address)
             interrupts.check()
-    except (DataError, DeviceError) as e:
+    except (DataError, DeviceError, CallableError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None

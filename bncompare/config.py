@@ -22,7 +22,10 @@ from typing import Any, Callable
 
 import yaml
 
-from bncompare.schema import DEFAULT_VARIANTS, MAX_STEPS, SCHEMA, SECTIONS, STRUCTURE_KEYS
+from bncompare.callables import KEYS as FUNCTION_KEYS
+from bncompare.callables import fingerprint, function_name, is_reference
+from bncompare.schema import (DEFAULT_VARIANTS, MAX_STEPS, MODEL_KINDS, SCHEMA, SECTIONS,
+                              STRUCTURE_KEYS)
 
 # Training examples per dataset, so that an impossible train_limit is caught before any data loads.
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "synthetic": 2_000}
@@ -478,6 +481,10 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
         raise ConfigError(f"{where(('train',), 'train.epochs')}: set train.epochs or train.steps")
     limit, dataset = params["data.train_limit"], params["data.dataset"]
     in_variant = f" (variant {variant})" if variant else ""
+    _resolve_functions(params, where)
+    if dataset not in TRAIN_SIZES:  # the researcher's own: its size is known once it is loaded
+        _resolve_model(params, where, in_variant)
+        return params
     available = TRAIN_SIZES[dataset]
     validation = params["data.validation"]
     if validation != "test":
@@ -500,6 +507,20 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
                           f"{MAX_STEPS:,} per run" + in_variant)
     _resolve_model(params, where, in_variant)
     return params
+
+
+def _resolve_functions(params: dict[str, Any], where: _Where) -> None:
+    """A model or dataset given as a function: checked, and its file path made absolute (relative
+    to the config's folder), see bncompare/callables.py."""
+    from bncompare.callables import CallableError, resolve
+
+    for key in FUNCTION_KEYS:
+        if is_reference(params[key]):
+            try:
+                params[key] = resolve(key, params[key], Path(where.source).parent)
+            except CallableError as e:
+                raise ConfigError(f"{where(tuple(key.split('.')), key)}"
+                                  f"{str(e).removeprefix(key)}") from None
 
 
 # Options that only one normaliser reads, and that normaliser.
@@ -529,9 +550,17 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
     for key, owner in NORM_OPTIONS.items():
         if norm != owner:
             params[key] = copy.deepcopy(SCHEMA[key].default)
+    if params["model.bn_noise"] is not None and norm == "none":
+        raise error("model.bn_noise", "adds noise after each normaliser, but this run has none "
+                    "(set model.norm or model.batch_norm: true)")
+    if norm == "ghost" and params["train.batch_size"] % params["model.ghost_batch_size"]:
+        raise error("model.ghost_batch_size", f"{params['model.ghost_batch_size']} does not divide "
+                    f"train.batch_size {params['train.batch_size']}")
+    kind = params["model.kind"]
+    if kind not in MODEL_KINDS:  # the researcher's own model: its layers are its business
+        return
     sizes = layer_sizes(params)
     size_key = "model.hidden" if params["model.hidden"] else "model.depth"
-    kind = params["model.kind"]
     if kind.startswith("res") and len(sizes) % 2:
         raise error(size_key, f"{kind} is built from blocks of two layers: needs an even number of "
                     f"hidden layers, got {len(sizes)}")
@@ -542,12 +571,6 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
         what = "filters" if kind in CONVOLUTIONAL else "units"
         raise error("model.groups", f"{params['model.groups']} groups do not divide the {what} of "
                     f"every layer ({', '.join(map(str, sorted(set(sizes))))})")
-    if norm == "ghost" and params["train.batch_size"] % params["model.ghost_batch_size"]:
-        raise error("model.ghost_batch_size", f"{params['model.ghost_batch_size']} does not divide "
-                    f"train.batch_size {params['train.batch_size']}")
-    if params["model.bn_noise"] is not None and norm == "none":
-        raise error("model.bn_noise", "adds noise after each normaliser, but this run has none "
-                    "(set model.norm or model.batch_norm: true)")
 
 
 def _format_value(value: Any) -> str:
@@ -565,6 +588,8 @@ def _format_value(value: Any) -> str:
 
 def _id_part(key: str, value: Any) -> str:
     short = SCHEMA[key].short or key.rsplit(".", 1)[-1]
+    if is_reference(value):  # a model or dataset function reads as its name, not its path
+        value = function_name(value)
     # None (`--set model.hidden=null`: not given) reads like false: `nohidden`, not `hiddenNone`.
     text = (f"no{short}" if value is False or value is None else short if value is True
             else short + _format_value(value))
@@ -574,8 +599,10 @@ def _id_part(key: str, value: Any) -> str:
 def identity(params: dict[str, Any]) -> dict[str, Any]:
     """The params that name a run: what it learns and records. Keys added after the first release
     count only when set to something other than their default (see `Option.added`), so a new key
-    never renames the runs of an older release."""
-    return {k: v for k, v in params.items()
+    never renames the runs of an older release. A model or dataset given as a function counts as
+    its name and a hash of its source file, not its path (see callables.fingerprint)."""
+    return {k: fingerprint(v) if is_reference(v) and k in FUNCTION_KEYS else v
+            for k, v in params.items()
             if k == "train.seed" or (SCHEMA[k].in_run_id
                                      and (SCHEMA[k].added == 1 or v != SCHEMA[k].default))}
 

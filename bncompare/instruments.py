@@ -56,7 +56,8 @@ class Instruments:
         self.activations = params["record.activations"]
         self.gradients = params["record.gradients"]
         self.tensorboard = params["record.tensorboard"]
-        examples = PROBE_EXAMPLES[params["model.kind"]]
+        # A researcher's own model may be convolutional: the smaller probe is safe for either.
+        examples = PROBE_EXAMPLES.get(params["model.kind"], PROBE_EXAMPLES["cnn"])
         self.x_probe, self.y_probe = data.x_val[:examples], data.y_val[:examples]
         self._subsets: dict[str, np.ndarray] = {}
         self.seconds = 0.0  # time spent measuring, for cost reports; not part of the run's metrics

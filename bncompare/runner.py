@@ -42,7 +42,25 @@ def prepare(runs: list[Run], device: str) -> Prepared:
     select_device(device)
     keras = import_keras()
     described = check_device(device)
-    return Prepared(load_data(runs), environment(keras, described))
+    datasets = load_data(runs)
+    check_own_models(runs, datasets)
+    return Prepared(datasets, environment(keras, described))
+
+
+def check_own_models(runs: list[Run], datasets: dict[tuple, Any]) -> None:
+    """Build each researcher's model (`model.kind: "module:function"`) once per dataset, so that an
+    import error or a model without logits is an error before anything is written (CallableError).
+    """
+    from bncompare.callables import is_reference
+    from bncompare.models import build_model
+
+    checked = set()
+    for run in runs:
+        key = (run["model.kind"], data_key(run))
+        if is_reference(run["model.kind"]) and key not in checked:
+            checked.add(key)
+            data = datasets[data_key(run)]
+            build_model(run.params, data.input_shape, data.classes)
 
 
 def load_data(runs: list[Run]) -> dict[tuple, Any]:
@@ -52,16 +70,15 @@ def load_data(runs: list[Run]) -> dict[tuple, Any]:
     datasets = {}
     for run in runs:
         if data_key(run) not in datasets:
-            datasets[data_key(run)] = load_dataset(*data_key(run))
+            datasets[data_key(run)] = load_dataset(*data_key(run), params=run.params)
     return datasets
 
 
 def release_data() -> None:
     """Drop this process's cached datasets (the parent of --jobs workers needs none)."""
-    from bncompare.data import _raw, load_dataset
+    from bncompare.data import clear_caches
 
-    load_dataset.cache_clear()
-    _raw.cache_clear()
+    clear_caches()
 
 
 def environment(keras, device: str) -> dict[str, Any]:

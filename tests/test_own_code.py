@@ -1,0 +1,192 @@
+"""A researcher's own model and dataset (`model.kind` / `data.dataset` as "file.py:function"):
+trained on every engine that accepts them, named by the function and its file's content, and every
+way they can be wrong is a one-line error, exit 2, with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bncompare.cli import app
+from bncompare.config import load_runs
+
+runner = CliRunner()
+
+# A tiny CNN that calls norm() twice (one function serves both variants), and a 3-class dataset.
+MINE = """\
+import keras
+import numpy as np
+
+
+def tiny_cnn(input_shape, num_classes, norm, params):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = norm()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    x = norm()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def blobs(params):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 160)
+    x = rng.normal(size=(160, 8, 8, 1)).astype("float32") + y[:, None, None, None]
+    return x[:128], y[:128], x[128:], y[128:]
+
+
+def wrong_logits(input_shape, num_classes, norm, params):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, keras.layers.Dense(num_classes + 1)(keras.layers.Flatten()(inputs)))
+
+
+def softmax_out(input_shape, num_classes, norm, params):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def not_a_model(input_shape, num_classes, norm, params):
+    return "a model"
+
+
+def two_arrays(params):
+    return blobs(params)[:2]
+
+
+def float_labels(params):
+    x_train, y_train, x_val, y_val = blobs(params)
+    return x_train, y_train.astype("float32"), x_val, y_val
+
+
+def broken(params):
+    raise RuntimeError("no such table")
+
+
+def two_arguments(input_shape, num_classes):
+    pass
+"""
+CONFIG = """\
+name: own
+data: {dataset: "code/mine.py:blobs"}
+model: {kind: "code/mine.py:tiny_cnn"}
+train: {steps: 4, batch_size: 32, seeds: [0]}
+record: {eval_every: 2}
+"""
+
+
+@pytest.fixture
+def own(tmp_path: Path) -> Path:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "mine.py").write_text(MINE)
+    config = tmp_path / "own.yaml"
+    config.write_text(CONFIG)
+    return config
+
+
+def histories(out: Path) -> dict[str, dict]:
+    found = {}
+    for path in sorted(out.glob("own/*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        assert metrics["status"] == "completed", metrics.get("error")
+        found[metrics["run_id"]] = metrics
+    return found
+
+
+def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_path: Path):
+    trained = {}
+    for engine, options in (("tf_pack", []), ("fit", ["--set", "train.pack=off"])):
+        out = tmp_path / engine
+        result = runner.invoke(app, ["run", str(own), "--out", str(out), "--quiet", *options])
+        assert result.exit_code == 0, result.output
+        trained[engine] = histories(out)
+        assert len(trained[engine]) == 2  # no_bn and bn
+        assert {m["engine"]["name"] for m in trained[engine].values()} == {engine}
+    # The same runs (ids) on both engines, and the same numbers: tf_pack learns what fit learns.
+    assert trained["fit"].keys() == trained["tf_pack"].keys()
+    for run_id, metrics in trained["fit"].items():
+        assert metrics["history"]["val_loss"] == trained["tf_pack"][run_id]["history"]["val_loss"]
+    bn = next(m for m in trained["fit"].values() if m["variant"] == "bn")
+    assert bn["params"]["model.kind"] == str(own.parent / "code" / "mine.py") + ":tiny_cnn"
+    # A rerun finds them done: the id of an unedited function is stable.
+    again = runner.invoke(app, ["run", str(own), "--out", str(tmp_path / "fit"), "--set", "train.pack=off"])
+    assert "2 runs: 2 skipped (done before)." in again.output, again.output
+
+
+def test_editing_the_file_renames_the_run_and_moving_it_does_not(own: Path, tmp_path: Path):
+    before = [run.run_id for run in load_runs([own])]
+    source = own.parent / "code" / "mine.py"
+    source.write_text(MINE + "\n# tried a wider layer\n")
+    edited = [run.run_id for run in load_runs([own])]
+    assert all(a != b for a, b in zip(before, edited))
+    source.write_text(MINE)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mine.py").write_text(MINE)
+    moved = own.with_name("moved.yaml")
+    moved.write_text(CONFIG.replace("code/mine.py", "elsewhere/mine.py"))
+    assert [run.run_id for run in load_runs([moved])] == before
+    # A swept function shows its name in the readable part of the id, not its path.
+    swept = load_runs([own], sweeps=["model.kind=code/mine.py:tiny_cnn,code/mine.py:wrong_logits"])
+    assert {run.run_id.split("-")[1] for run in swept} == {"kindtiny_cnn", "kindwrong_logits"}
+
+
+def test_a_module_on_the_python_path_works_too(own: Path, monkeypatch):
+    monkeypatch.syspath_prepend(str(own.parent / "code"))
+    by_module = load_runs([own], ["model.kind=mine:tiny_cnn", "data.dataset=mine:blobs"])
+    # The same function in the same file: the same hash (the --set adds `kindtiny_cnn` in front).
+    assert ([r.run_id.rsplit("-", 1)[1] for r in by_module]
+            == [r.run_id.rsplit("-", 1)[1] for r in load_runs([own])])
+
+
+# Found when the config loads (validate too): nothing of the user's code is imported.
+CONFIG_ERRORS = [
+    ("model.kind=code/nope.py:tiny_cnn", "model.kind: code/nope.py:tiny_cnn: no such file"),
+    ("model.kind=no_such_package.models:tiny_cnn", "model.kind: no_such_package.models:tiny_cnn: "
+     "cannot find module no_such_package.models"),
+    ("model.kind=code/mine.py:missing", "model.kind: code/mine.py:missing: "),
+    ("model.kind=code/mine.py:two_arguments", "model.kind: code/mine.py:two_arguments: "),
+    ("data.dataset=code/mine.py:tiny_cnn", "data.dataset: code/mine.py:tiny_cnn: "),
+    ("model.kind=mine.py", '--set model.kind=mine.py: expected one of mlp, cnn, resmlp, rescnn, or '
+     'a function as "package.module:function" or "file.py:function"'),
+]
+# Found before anything trains: the import, and what the functions return.
+RUN_ERRORS = [
+    ("model.kind=code/mine.py:wrong_logits", "wrong_logits: outputs (None, 4); expected (None, 3)"),
+    ("model.kind=code/mine.py:softmax_out", "softmax_out: its last layer applies softmax"),
+    ("model.kind=code/mine.py:not_a_model", "not_a_model: returned str, not a keras.Model"),
+    ("data.dataset=code/mine.py:two_arrays", "two_arrays: returned tuple of 2; expected (x_train"),
+    ("data.dataset=code/mine.py:float_labels", "float_labels: y_train holds float32 values"),
+    ("data.dataset=code/mine.py:broken", "broken: raised RuntimeError: no such table"),
+]
+
+
+@pytest.mark.parametrize("override, message", CONFIG_ERRORS)
+def test_config_errors_exit_2_with_one_line(own: Path, tmp_path: Path, override: str, message: str):
+    for command in (["validate"], ["run", "--out", str(tmp_path / "results")]):
+        result = runner.invoke(app, [command[0], str(own), "--set", override, *command[1:]])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: ") and message in result.output, result.output
+        assert str(own) in result.output or message.startswith("--set")  # the config, line and key
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_syntax_error_names_the_file_and_line(own: Path):
+    (own.parent / "code" / "mine.py").write_text(MINE + "\ndef oops(:\n")
+    result = runner.invoke(app, ["validate", str(own)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"mine.py:{MINE.count(chr(10)) + 2}: syntax error" in result.output
+
+
+@pytest.mark.parametrize("override, message", RUN_ERRORS)
+def test_what_the_functions_return_is_checked_before_anything_is_written(
+        own: Path, tmp_path: Path, override: str, message: str):
+    result = runner.invoke(app, ["run", str(own), "--set", override, "--out", str(tmp_path / "results")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output, result.output
+    assert not (tmp_path / "results").exists()
