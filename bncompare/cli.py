@@ -457,5 +457,45 @@ def compare(
         stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
 
 
+ExportFormat = _choices("ExportFormat", ("csv", "parquet", "jsonl"))
+
+
+@app.command()
+def export(
+    results_dir: ResultsDir,
+    table_format: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", help="csv | parquet | jsonl (default: from --out's suffix, else csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE", help="Write the table here (default: stdout; parquet needs a file).")] = None,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Every eval point of every run as one table, for pandas: one row per run and eval point with
+    experiment, run_id, variant, status, seed, every param, step, epoch and every history series.
+    From Python: bncompare.load(RESULTS_DIR)."""
+    suffix = out.suffix.lstrip(".").lower() if out is not None else ""
+    fmt = table_format.value if table_format else suffix if suffix in ("csv", "parquet", "jsonl") else "csv"
+    if fmt == "parquet" and out is None:
+        raise fail("--format parquet is binary: give a file with --out FILE.parquet")
+    results = _results(results_dir, include_running, where, experiment)
+    from bncompare.export import ExportError, frame, render
+    from bncompare.results import write_bytes_atomic
+
+    try:
+        table = frame(results)
+        content = render(table, fmt)
+        if out is None:
+            typer.echo(content.decode(), nl=False)  # csv or jsonl: text
+            return
+        write_bytes_atomic(out, content)
+    except ExportError as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"--out {out}: cannot write: {e.strerror or e}") from None
+    stdout.print(f"{len(table):,} rows ({results.runs} run{'s' * (results.runs != 1)}) written to "
+                 f"{escape(str(out))}{_skipped_note(results)}.", soft_wrap=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
