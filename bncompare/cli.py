@@ -199,7 +199,7 @@ def run(
     from bncompare.backend import DeviceError, select_backend
     from bncompare.callables import CallableError
     from bncompare.data import DataError
-    from bncompare.display import LiveDisplay, PlainDisplay
+    from bncompare.display import LiveDisplay, PlainDisplay, RunLog
     from bncompare.skipping import unfinished
 
     if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
@@ -225,8 +225,8 @@ def run(
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
         with display:
-            outcomes, interrupted = _train(runs, out, display, prepared, executor, jobs, device,
-                                           address, force)
+            outcomes, interrupted = _train(runs, out, RunLog(display, out), prepared, executor,
+                                           jobs, device, address, force)
     except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
         raise fail(str(e)) from None
     display.summary(outcomes)

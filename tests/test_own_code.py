@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import bncompare
 from bncompare.cli import app
 from bncompare.config import load_runs
 
@@ -114,6 +115,13 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
         assert metrics["history"]["val_loss"] == trained["tf_pack"][run_id]["history"]["val_loss"]
     bn = next(m for m in trained["fit"].values() if m["variant"] == "bn")
     assert bn["params"]["model.kind"] == str(own.parent / "code" / "mine.py") + ":tiny_cnn"
+    # Each run's run.log holds what the terminal shows for it (even under --quiet), its warning
+    # (BN's moving averages lag at step 2) included.
+    log = (tmp_path / "fit" / "own" / bn["run_id"] / "run.log").read_text().splitlines()
+    assert log[0].startswith(f"bncompare {bncompare.__version__}: [2/2] {bn['run_id']} started at")
+    assert log[1].startswith(f"warning: {bn['run_id']}: at step 2, BN's moving averages")
+    assert [line.split(" step ")[1].split()[0] for line in log[2:4]] == ["2/4", "4/4"]
+    assert log[4].startswith(f"[2/2] {bn['run_id']} completed val_acc") and len(log) == 5
     # A rerun finds them done: the id of an unedited function is stable.
     again = runner.invoke(app, ["run", str(own), "--out", str(tmp_path / "fit"), "--set", "train.pack=off"])
     assert "2 runs: 2 skipped (done before)." in again.output, again.output
