@@ -102,7 +102,8 @@ def histories(out: Path) -> dict[str, dict]:
 
 def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_path: Path):
     trained = {}
-    for engine, options in (("tf_pack", []), ("fit", ["--set", "train.pack=off"])):
+    fit = ["--set", "train.pack=off", "--set", "record.tensorboard=true"]  # same ids: speed/record
+    for engine, options in (("tf_pack", []), ("fit", fit)):
         out = tmp_path / engine
         result = runner.invoke(app, ["run", str(own), "--out", str(out), "--quiet", *options])
         assert result.exit_code == 0, result.output
@@ -122,6 +123,26 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     assert log[1].startswith(f"warning: {bn['run_id']}: at step 2, BN's moving averages")
     assert [line.split(" step ")[1].split()[0] for line in log[2:4]] == ["2/4", "4/4"]
     assert log[4].startswith(f"[2/2] {bn['run_id']} completed val_acc") and len(log) == 5
+    # TensorBoard's HParams dashboard: each run's params (start) and final metrics, read back
+    # with TensorBoard's own event reader.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(tmp_path / "fit" / "own" / bn["run_id"]))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["variant"].string_value == "bn"
+    assert start.hparams["model.batch_norm"].bool_value is True
+    assert start.hparams["train.steps"].number_value == 4
+    assert start.hparams["model.kind"].string_value.endswith("mine.py:tiny_cnn")
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    assert end.status == 1  # STATUS_SUCCESS
+    (final,) = events.Tensors("final/val_accuracy")
+    assert final.step == 4
+    assert float(tensor_util.make_ndarray(final.tensor_proto)) == pytest.approx(
+        bn["final"]["val_accuracy"])
     # A rerun finds them done: the id of an unedited function is stable.
     again = runner.invoke(app, ["run", str(own), "--out", str(tmp_path / "fit"), "--set", "train.pack=off"])
     assert "2 runs: 2 skipped (done before)." in again.output, again.output
