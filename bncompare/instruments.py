@@ -31,6 +31,7 @@ same metrics with them on or off.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,13 @@ class Instruments:
         """{"layer_1": values, ...}: the inputs of layers act_1, act_2... on the probe batch."""
         keras = import_keras()
         if self._probe_model is None:
-            names = sorted((layer.name for layer in model.layers if layer.name.startswith("act_")),
+            # act_{i} only: a researcher's model may have an `act_out` of its own.
+            names = sorted((layer.name for layer in model.layers
+                            if re.fullmatch(r"act_\d+", layer.name)),
                            key=lambda name: int(name.split("_")[1]))
             self._layer_keys = [f"layer_{name.split('_')[1]}" for name in names]
+            if not names:  # a researcher's model without act_{i} layers: nothing to measure
+                return {}
             self._probe_model = keras.Model(model.input,
                                             [model.get_layer(name).input for name in names])
         outputs = self._probe_model(self.x_probe, training=False)

@@ -26,7 +26,7 @@ def tiny_cnn(input_shape, num_classes, norm, params):
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     x = norm()(x)
-    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Activation("relu", name="act_1")(x)  # measured by record.activations
     x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Conv2D(4, 3, padding="same")(x)
     x = norm()(x)
@@ -105,7 +105,8 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     fit = ["--set", "train.pack=off", "--set", "record.tensorboard=true"]  # same ids: speed/record
     for engine, options in (("tf_pack", []), ("fit", fit)):
         out = tmp_path / engine
-        result = runner.invoke(app, ["run", str(own), "--out", str(out), "--quiet", *options])
+        result = runner.invoke(app, ["run", str(own), "--out", str(out), "--quiet", *options,
+                                     "--set", "record.activations=true"])
         assert result.exit_code == 0, result.output
         trained[engine] = histories(out)
         assert len(trained[engine]) == 2  # no_bn and bn
@@ -115,6 +116,7 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     for run_id, metrics in trained["fit"].items():
         assert metrics["history"]["val_loss"] == trained["tf_pack"][run_id]["history"]["val_loss"]
     bn = next(m for m in trained["fit"].values() if m["variant"] == "bn")
+    assert list(bn["activations"]) == ["layer_1"] and len(bn["activations"]["layer_1"]["p50"]) == 2
     assert bn["params"]["model.kind"] == str(own.parent / "code" / "mine.py") + ":tiny_cnn"
     # Each run's run.log holds what the terminal shows for it (even under --quiet), its warning
     # (BN's moving averages lag at step 2) included.
@@ -144,7 +146,8 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     assert float(tensor_util.make_ndarray(final.tensor_proto)) == pytest.approx(
         bn["final"]["val_accuracy"])
     # A rerun finds them done: the id of an unedited function is stable.
-    again = runner.invoke(app, ["run", str(own), "--out", str(tmp_path / "fit"), "--set", "train.pack=off"])
+    again = runner.invoke(app, ["run", str(own), "--out", str(tmp_path / "fit"),
+                                "--set", "record.activations=true"])
     assert "2 runs: 2 skipped (done before)." in again.output, again.output
 
 
