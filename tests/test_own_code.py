@@ -125,6 +125,11 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     assert log[1].startswith(f"warning: {bn['run_id']}: at step 2, BN's moving averages")
     assert [line.split(" step ")[1].split()[0] for line in log[2:4]] == ["2/4", "4/4"]
     assert log[4].startswith(f"[2/2] {bn['run_id']} completed val_acc") and len(log) == 5
+    # Figures name the functions, without bncompare's own sizes.
+    from bncompare.aggregate import load
+    from bncompare.plots import caption
+
+    assert caption(load(tmp_path / "fit").experiments[0]).startswith("blobs, tiny_cnn, adam lr")
     # TensorBoard's HParams dashboard: each run's params (start) and final metrics, read back
     # with TensorBoard's own event reader.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
