@@ -47,20 +47,24 @@ def prepare(runs: list[Run], device: str) -> Prepared:
     return Prepared(datasets, environment(keras, described))
 
 
+_CHECKED_MODELS: set[tuple] = set()  # once per process: --jobs workers prepare every group
+
+
 def check_own_models(runs: list[Run], datasets: dict[tuple, Any]) -> None:
     """Build each researcher's model (`model.kind: "module:function"`) once per dataset, so that an
     import error or a model without logits is an error before anything is written (CallableError).
     """
-    from bncompare.callables import is_reference
+    from bncompare.callables import fingerprint, is_reference
     from bncompare.models import build_model
 
-    checked = set()
     for run in runs:
-        key = (run["model.kind"], data_key(run))
-        if is_reference(run["model.kind"]) and key not in checked:
-            checked.add(key)
+        if not is_reference(run["model.kind"]):
+            continue
+        key = (fingerprint(run["model.kind"]), data_key(run))
+        if key not in _CHECKED_MODELS:
             data = datasets[data_key(run)]
             build_model(run.params, data.input_shape, data.classes)
+            _CHECKED_MODELS.add(key)
 
 
 def load_data(runs: list[Run]) -> dict[tuple, Any]:
