@@ -252,6 +252,7 @@ def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, addre
     # is loaded once to fail early, then released: the workers load their own copies.
     runner.load_data(runs)
     runner.release_data()
+    runner.check_own_models_apart(runs, device.value)
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
     return None

@@ -47,6 +47,33 @@ def prepare(runs: list[Run], device: str) -> Prepared:
     return Prepared(datasets, environment(keras, described))
 
 
+def check_own_models_apart(runs: list[Run], device: str) -> None:
+    """`check_own_models` in a child process, for a parent that must not import the backend (the
+    parent of --jobs workers: the GPU memory it would hold is theirs). Raises CallableError."""
+    import multiprocessing
+
+    from bncompare.callables import CallableError, is_reference
+
+    own = [run for run in runs if is_reference(run["model.kind"])]
+    if not own:
+        return
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        problem = pool.apply(_check_in_child, (own, device))
+    if problem:
+        raise CallableError(problem)
+
+
+def _check_in_child(runs: list[Run], device: str) -> str | None:
+    from bncompare.callables import CallableError
+    from bncompare.data import DataError
+
+    try:
+        prepare(runs, device)
+    except (CallableError, DataError) as e:
+        return str(e)
+    return None
+
+
 _CHECKED_MODELS: set[tuple] = set()  # once per process: --jobs workers prepare every group
 
 

@@ -220,6 +220,15 @@ def test_a_syntax_error_names_the_file_and_line(own: Path):
     assert f"mine.py:{MINE.count(chr(10)) + 2}: syntax error" in result.output
 
 
+@pytest.mark.slow  # a child process imports the backend to build the model
+def test_with_jobs_the_model_is_checked_before_the_workers_start(own: Path, tmp_path: Path):
+    result = runner.invoke(app, ["run", str(own), "--set", "model.kind=code/mine.py:wrong_logits",
+                                 "--jobs", "2", "--out", str(tmp_path / "results")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "wrong_logits: outputs (None, 4); expected (None, 3)" in result.output
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("override, message", RUN_ERRORS)
 def test_what_the_functions_return_is_checked_before_anything_is_written(
         own: Path, tmp_path: Path, override: str, message: str):
