@@ -86,8 +86,8 @@ def frame(results: Results):
     return table
 
 
-def load(results_dir: str | Path, *, include_running: bool = False, where: Iterable[str] = (),
-         experiment: str | None = None):
+def load(results_dir: str | Path, *, include_running: bool = False,
+         where: str | Iterable[str] = (), experiment: str | None = None):
     """Every eval point of every finished run under `results_dir` as a pandas DataFrame: the rows
     of `bncompare export`. Runs that cannot be used are left out with a warning naming them;
     `where` takes `KEY=VALUE` texts as `--where` does."""
@@ -95,6 +95,7 @@ def load(results_dir: str | Path, *, include_running: bool = False, where: Itera
 
     from bncompare.aggregate import load as load_results
 
+    where = [where] if isinstance(where, str) else list(where)  # one filter given as a string
     results = load_results(Path(results_dir), include_running=include_running, where=where,
                            experiment=experiment)
     for path, reason in results.skipped:
