@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -90,3 +91,11 @@ def test_export_errors_exit_2_with_one_line(results: Path, tmp_path: Path):
         assert result.exit_code == 2, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(message), result.output
+
+
+def test_parquet_without_pyarrow_names_the_extra(results: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` finds uninstalled
+    result = runner.invoke(app, ["export", str(results), "--out", str(tmp_path / "all.parquet")])
+    assert result.exit_code == 2 and not (tmp_path / "all.parquet").exists()
+    assert result.output.splitlines()[-1] == ('error: --format parquet needs pyarrow: pip install '
+                                              '"bncompare[parquet]"')
