@@ -156,6 +156,28 @@ def test_every_variant_trains_on_every_engine_that_accepts_it(own: Path, tmp_pat
     assert "2 runs: 2 skipped (done before)." in again.output, again.output
 
 
+@pytest.mark.parametrize("overrides, layers", [
+    (["variants={none: {model.batch_norm: false}}"], ["Identity", "Identity"]),
+    (["variants={bn: {model.batch_norm: true}}", "model.bn_momentum=0.9"],
+     ["BatchNormalization", "BatchNormalization"]),
+    (["variants={layer: {model.norm: layer}}"], ["LayerNormalization", "LayerNormalization"]),
+    (["variants={noisy: {model.batch_norm: true}}", "model.bn_noise={mean: 0.1, std: 0.1}"],
+     ["Sequential", "Sequential"]),
+])
+def test_norm_makes_the_runs_normaliser(own: Path, overrides: list[str], layers: list[str]):
+    from bncompare.models import build_model
+
+    (run,) = load_runs([own], overrides)
+    model = build_model(run.params, (8, 8, 1), 3)
+    made = [layer for layer in model.layers if layer.name.startswith(("bn_", "identity_", "noisy_"))]
+    assert [type(layer).__name__ for layer in made] == layers
+    if layers[0] == "BatchNormalization":
+        assert [layer.name for layer in made] == ["bn_1", "bn_2"] and made[0].momentum == 0.9
+    if layers[0] == "Sequential":  # BN, then its noise
+        assert [type(layer).__name__ for layer in made[0].layers] == ["BatchNormalization",
+                                                                      "NoiseAfterNorm"]
+
+
 def test_editing_the_file_renames_the_run_and_moving_it_does_not(own: Path, tmp_path: Path):
     before = [run.run_id for run in load_runs([own])]
     source = own.parent / "code" / "mine.py"
