@@ -296,12 +296,27 @@ class RunLog(Listener):
     def run_finished(self, outcome, slot: int = 0) -> None:
         self.plain.run_finished(outcome, slot)
         printed = self._printed()
+        if outcome.status == "failed":  # the terminal shows the error's first line; this, all of it
+            printed += _error_of(outcome.run, self.out)
         if outcome.status not in NOT_TRAINED:  # else its directory is another invocation's record
             self._append(outcome.run, printed)
         self.display.run_finished(outcome, slot)
 
     def waiting(self, runs) -> None:
         self.display.waiting(runs)
+
+
+def _error_of(run, out: Path) -> str:
+    """A failed run's error with its traceback, from its metrics.json, indented under the line
+    that reports it ("" when there is none to read)."""
+    from bncompare.results import UnreadableRun, read_run
+    from bncompare.skipping import run_dir
+
+    try:
+        error = read_run(run_dir(run, out)).metrics.get("error")
+    except (UnreadableRun, OSError, ValueError):
+        return ""
+    return "".join(f"    {line}\n" for line in error.splitlines()) if isinstance(error, str) else ""
 
 
 def _duration(seconds: float) -> str:
