@@ -31,6 +31,7 @@ same metrics with them on or off.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -232,8 +233,6 @@ class _SummaryWriter:
 def hparams_of(run) -> dict[str, Any]:
     """The HParams of a run: its variant and every param, as TensorBoard takes them (bool, number
     or text: lists and mappings as their JSON text; null params left out)."""
-    import json
-
     values = {"variant": run.variant}
     for key, value in run.params.items():
         if value is not None:
