@@ -183,8 +183,8 @@ def run(
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
 
-    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when every run
-    completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
+    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when
+    every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
     runs = _load(configs, overrides, sweeps, only_variants)
     if dry_run:
