@@ -61,6 +61,12 @@ ConfigPaths = Annotated[list[Path], typer.Argument(
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Override a config key, e.g. --set train.learning_rate=0.1 (value read as YAML; repeatable).")]
+Sweeps = Annotated[Optional[list[str]], typer.Option(
+    "--sweep", metavar="KEY=V1,V2,...",
+    help="A sweep axis, crossed like `sweep:` in the file (replaces the file's axis of KEY), e.g. "
+    "--sweep train.learning_rate=0.01,0.1 (values read as YAML; repeatable).")]
+OnlyVariants = Annotated[Optional[str], typer.Option(
+    "--variants", metavar="A,B", help="Only these variants of the configs (run ids unchanged).")]
 
 
 def _version(value: bool) -> None:
@@ -104,9 +110,10 @@ def _results_root(out: Path) -> Path:
     return out
 
 
-def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
+def _load(configs: list[Path], overrides: list[str] | None, sweeps: list[str] | None = None,
+          only_variants: str | None = None) -> list[Run]:
     try:
-        return load_runs(configs, overrides)
+        return load_runs(configs, overrides, sweeps, only_variants)
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -162,6 +169,8 @@ def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
+    sweeps: Sweeps = None,
+    only_variants: OnlyVariants = None,
     out: Annotated[Path, typer.Option("--out", callback=_results_root,
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
@@ -175,10 +184,10 @@ def run(
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
 
-    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json}. Exit code: 0 when every run
-    completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
+    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when
+    every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
-    runs = _load(configs, overrides)
+    runs = _load(configs, overrides, sweeps, only_variants)
     if dry_run:
         import os
 
@@ -189,8 +198,9 @@ def run(
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
+    from bncompare.callables import CallableError
     from bncompare.data import DataError
-    from bncompare.display import LiveDisplay, PlainDisplay
+    from bncompare.display import LiveDisplay, PlainDisplay, RunLog
     from bncompare.skipping import unfinished
 
     if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
@@ -208,7 +218,7 @@ def run(
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
             prepared = _check(runs, executor, jobs, device, address)
             interrupts.check()
-    except (DataError, DeviceError) as e:
+    except (DataError, DeviceError, CallableError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
@@ -216,8 +226,8 @@ def run(
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
         with display:
-            outcomes, interrupted = _train(runs, out, display, prepared, executor, jobs, device,
-                                           address, force)
+            outcomes, interrupted = _train(runs, out, RunLog(display, out), prepared, executor,
+                                           jobs, device, address, force)
     except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
         raise fail(str(e)) from None
     display.summary(outcomes)
@@ -243,6 +253,7 @@ def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, addre
     # is loaded once to fail early, then released: the workers load their own copies.
     runner.load_data(runs)
     runner.release_data()
+    runner.check_own_models_apart(runs, device.value)
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
     return None
@@ -262,12 +273,13 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
 
 
 @app.command()
-def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
+def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps = None,
+             only_variants: OnlyVariants = None) -> None:
     """Check configs and print the runs each expands to. Exit code 2 when any is invalid."""
     invalid = 0
     for config in configs:
         try:
-            runs = load_runs([config], overrides)
+            runs = load_runs([config], overrides, sweeps, only_variants)
         except ConfigError as e:
             fail(str(e))
             invalid += 1
@@ -481,6 +493,46 @@ def report(
     stdout.print(f"{len(results.experiments)} experiment{'s' * (len(results.experiments) != 1)}, "
                  f"{figures} figure{'s' * (figures != 1)}, {results.runs} "
                  f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
+
+
+ExportFormat = _choices("ExportFormat", ("csv", "parquet", "jsonl"))
+
+
+@app.command()
+def export(
+    results_dir: ResultsDir,
+    table_format: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", help="csv | parquet | jsonl (default: from --out's suffix, else csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE", help="Write the table here (default: stdout; parquet needs a file).")] = None,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Every eval point of every run as one table, for pandas: one row per run and eval point with
+    experiment, run_id, variant, status, seed, every param, step, epoch and every history series.
+    From Python: bncompare.load(RESULTS_DIR)."""
+    suffix = out.suffix.lstrip(".").lower() if out is not None else ""
+    fmt = table_format.value if table_format else suffix if suffix in ("csv", "parquet", "jsonl") else "csv"
+    if fmt == "parquet" and out is None:
+        raise fail("--format parquet is binary: give a file with --out FILE.parquet")
+    results = _results(results_dir, include_running, where, experiment)
+    from bncompare.export import ExportError, frame, render
+    from bncompare.results import write_bytes_atomic
+
+    try:
+        table = frame(results)
+        content = render(table, fmt)
+        if out is None:
+            typer.echo(content.decode(), nl=False)  # csv or jsonl: text
+            return
+        write_bytes_atomic(out, content)
+    except ExportError as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"--out {out}: cannot write: {e.strerror or e}") from None
+    stdout.print(f"{len(table):,} rows ({results.runs} run{'s' * (results.runs != 1)}) written to "
+                 f"{escape(str(out))}{_skipped_note(results)}.", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

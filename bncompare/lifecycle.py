@@ -148,6 +148,9 @@ class Recorder:
         """The untrained model's mean loss on the first START_PROBE training examples."""
         self.limit = explosion_limit(float(start_loss), self.classes)
         self.listener.started(self.run, self.schedule, slot=self.slot)
+        problem = self.instruments.start_session(self.run)
+        if problem:
+            self._warn(problem)
 
     def block(self, step: int, loss: float, accuracy: float) -> bool:
         """After a compiled call: the mean training loss and accuracy since the last eval point."""
@@ -197,8 +200,12 @@ class Recorder:
         text = lag_warning(self.run.params, step)
         if text:
             self.lag_warned = True
-            self.metrics.data.setdefault("warnings", []).append(text)
-            self.listener.warning(self.run, text, slot=self.slot)
+            self._warn(text)
+
+    def _warn(self, text: str) -> None:
+        """A warning kept in the run's metrics.json and shown."""
+        self.metrics.data.setdefault("warnings", []).append(text)
+        self.listener.warning(self.run, text, slot=self.slot)
 
     def diverged(self, step: int) -> None:
         self.finish("diverged", diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})
@@ -208,6 +215,8 @@ class Recorder:
             return
         self.status = status
         self.metrics.finish(status, diverged_at=diverged_at, error=error)
+        steps = self.metrics.data["history"].get("step") or [0]
+        self.instruments.end_session(status, self.metrics.data.get("final") or {}, steps[-1])
 
 
 @dataclass

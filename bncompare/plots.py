@@ -656,7 +656,13 @@ def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
 def caption(experiment: ExperimentResults, exclude: tuple[str, ...] = ()) -> str:
     """The settings every run of the figure shares, in one line:
     'mnist, mlp 256-128 relu, adam lr 0.001, batch 32, 5 epochs, all training examples'."""
+    from bncompare.callables import function_name, is_reference
+
     shared = {k: v for k, v in experiment.shared.items() if k not in exclude}
+    if is_reference(shared.get("model.kind")):  # a researcher's model: its name, not our sizes
+        shared = {k: v for k, v in shared.items() if k not in (
+            "model.hidden", "model.depth", "model.width", "model.activation")}
+    shared.update({k: function_name(v) for k, v in shared.items() if is_reference(v)})
     parts = []
     if "data.dataset" in shared:
         parts.append(str(shared["data.dataset"]))

@@ -33,6 +33,7 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # results; a rerun skips them
 HISTORY_KEYS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 METRICS_FILE, CONFIG_FILE, CLAIM_FILE = "metrics.json", "config.yaml", ".claim"
+RUN_LOG = "run.log"  # what the terminal showed for the run (display.RunLog)
 
 
 def now() -> str:
@@ -92,6 +93,16 @@ def write_bytes_atomic(path: Path, content: bytes) -> None:
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         raise
+
+
+def append_atomic(path: Path, text: str) -> None:
+    """Append `text` with one write to a file opened for appending: concurrent readers and writers
+    see either none of it or all of it, after what was there (a log, never rewritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def _naming(error: OSError, path: Path) -> OSError:

@@ -107,6 +107,23 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def name_or_function(*choices: str) -> Check:
+    """One of the built-in names, or a researcher's own function (bncompare/callables.py)."""
+
+    def check(value: Any) -> str:
+        if value in choices and isinstance(value, str):
+            return value
+        if isinstance(value, str) and ":" in value:
+            from bncompare.callables import check_syntax
+
+            return check_syntax(value)
+        names = ", ".join(choices)
+        raise ValueError(f'expected one of {names}, or a function as "package.module:function" or '
+                         f'"file.py:function"; got {_describe(value)}')
+
+    return check
+
+
 def optional(inner: Check) -> Check:
     def check(value: Any) -> Any:
         return None if value is None else inner(value)
@@ -280,8 +297,11 @@ SCHEMA: dict[str, Option] = {
     "name": Option(None, "experiment name: results are written to <out>/<name>/ "
                    "(default: the config file's name)", optional(str)),
     # data
-    "data.dataset": Option("mnist", "mnist | fashion_mnist | cifar10 | synthetic (small, for tests)",
-                           one_of(*DATASETS), short="data"),
+    "data.dataset": Option("mnist", "mnist | fashion_mnist | cifar10 | synthetic (small, for tests) "
+                           '| your own: "package.module:function" or "file.py:function" (relative '
+                           "to the config), called as function(params) and returning (x_train, "
+                           "y_train, x_val, y_val) NumPy arrays with integer labels",
+                           name_or_function(*DATASETS), short="data"),
     "data.validation": Option("test", '"test" (evaluate on the test split) or a fraction of the '
                               "training split held out, e.g. 0.1 (its last 10%, as Keras does)",
                               either("test", number(above=0, below=1), "a fraction between 0 and 1"),
@@ -290,8 +310,11 @@ SCHEMA: dict[str, Option] = {
                                optional(integer(minimum=1)), short="n"),
     # model
     "model.kind": Option("mlp", "mlp | cnn | resmlp | rescnn (pre-activation residual versions: "
-                         "a stem, then blocks of two hidden layers with a skip connection)",
-                         one_of(*MODEL_KINDS), short="kind"),
+                         "a stem, then blocks of two hidden layers with a skip connection) | your "
+                         'own: "package.module:function" or "file.py:function", called as '
+                         "function(input_shape, num_classes, norm, params) and returning a Keras "
+                         "model that outputs logits; norm() makes the run's normaliser layer",
+                         name_or_function(*MODEL_KINDS), short="kind"),
     "model.depth": Option(2, "hidden layers (mlp, resmlp) or conv blocks (cnn, rescnn), at most "
                           f"{MAX_DEPTH}; residual networks have depth/2 blocks of two, so depth "
                           "must be even there", integer(minimum=1, maximum=MAX_DEPTH),
