@@ -17,9 +17,11 @@ from statsmodels.stats.power import TTestPower
 from typer.testing import CliRunner
 
 from bncompare.aggregate import Reduction, load
+from bncompare.backend import import_keras
 from bncompare.cli import app
 from bncompare.compare import (default_baseline, holm, paired, ranked, render, rows, seeds_needed,
-                               sentence)
+                               sentence, title)
+from bncompare.config import load_runs
 
 CONFIG = """\
 name: planted
@@ -37,13 +39,16 @@ PLANTED = {
 
 
 def planted(tmp_path, table=PLANTED, config=CONFIG):
+    """Results with the table's final val_accuracy, or (val_accuracy, test_accuracy), per seed."""
     out = tmp_path / "results"
     for run in runs_from(tmp_path, config):
         value = table[(run["train.learning_rate"], run.variant)][run.seed]
         if value is None:
             write_run(out, run, [0.5], status="diverged", diverged_at={"epoch": 1.5, "step": 15})
         else:
-            write_run(out, run, [0.5, value])
+            val, test = value if isinstance(value, tuple) else (value, None)
+            write_run(out, run, [0.5, val],
+                      final=None if test is None else {"test_accuracy": test, "test_loss": 0.3})
     return out
 
 
@@ -286,3 +291,98 @@ def test_compare_table_in_a_pipe(tmp_path):
     assert result.exit_code == 0, result.output
     assert "paired comparison by seed: final val_accuracy (higher is better)" in result.stdout
     assert "bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds; cannot tell" in result.stdout
+
+
+# ---- --tune and record.test ---------------------------------------------------------------------
+
+SWEPT = """\
+name: swept
+data: {dataset: synthetic, validation: 0.1}
+train: {seeds: [0, 1, 2]}
+record: {test: true}
+sweep: {train.learning_rate: [0.01, 0.1, 1.0]}
+"""
+# (rate, variant) -> per seed (val_accuracy, test_accuracy); None: diverged. bn's survivors at 1.0
+# have the best mean, but one of its seeds diverged there: 0.1 is its best setting.
+TUNED = {
+    (0.01, "no_bn"): [(0.90, 0.89), (0.92, 0.90), (0.91, 0.91)],
+    (0.1, "no_bn"): [(0.85, 0.84), (0.86, 0.85), (0.84, 0.83)],
+    (1.0, "no_bn"): [None, None, None],
+    (0.01, "bn"): [(0.88, 0.87), (0.89, 0.88), (0.90, 0.89)],
+    (0.1, "bn"): [(0.94, 0.92), (0.93, 0.94), (0.95, 0.93)],
+    (1.0, "bn"): [(0.99, 0.99), None, (0.99, 0.99)],
+}
+
+
+def test_tune_pairs_each_variant_at_its_own_best_setting_and_reports_on_test(tmp_path):
+    results = load(planted(tmp_path, TUNED, SWEPT))
+    [record] = rows(results, metric="test_accuracy", tune="learning_rate")
+    assert "train.learning_rate" not in record  # the tuned key is no condition
+    assert (record["tuned"], record["variant_value"], record["baseline_value"]) == (
+        "train.learning_rate", 0.1, 0.01)
+    assert record["selected_on"] == "val_accuracy" and record["metric"] == "test_accuracy"
+    bn = [s[1] for s in TUNED[(0.1, "bn")]]
+    no_bn = [s[1] for s in TUNED[(0.01, "no_bn")]]
+    test = stats.ttest_rel(bn, no_bn)
+    assert (record["n_seeds"], record["n_pairs"], record["wins"]) == (3, 3, 3)
+    assert record["mean_diff"] == pytest.approx(np.mean(np.subtract(bn, no_bn)))
+    assert record["p_value"] == pytest.approx(test.pvalue)
+    text = render(results, [record], "markdown")
+    assert "bn (learning_rate 0.1) − no_bn (learning_rate 0.01): +0.0300" in text
+    assert title([record]) == ("paired comparison by seed: final test_accuracy (higher is better), "
+                               "each variant at its best train.learning_rate by mean final val_accuracy")
+    [same] = rows(results, tune="train.learning_rate")  # selected and reported on validation
+    assert same["selected_on"] == "val_accuracy" and "optimistic" in title([same])
+
+
+def test_tune_and_test_metric_errors(tmp_path):
+    out = planted(tmp_path, TUNED, SWEPT)
+    result = CliRunner().invoke(app, ["compare", str(out), "--tune", "depth"])
+    assert result.exit_code == 2
+    assert "--tune depth: not a swept key (swept: train.learning_rate)" in result.output
+    result = CliRunner().invoke(app, ["compare", str(out), "--tune", "learning_rate",
+                                      "--metric", "test_accuracy", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["variant_value"] == 0.1
+    (tmp_path / "untested").mkdir()
+    untested = planted(tmp_path / "untested")
+    result = CliRunner().invoke(app, ["compare", str(untested), "--metric", "test_accuracy"])
+    assert result.exit_code == 2 and "no run recorded it (record.test: true" in result.output
+
+
+def test_record_test_needs_a_held_out_validation_fraction(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {dataset: synthetic}\nrecord:\n  test: true\n")
+    result = CliRunner().invoke(app, ["validate", str(config)])
+    assert result.exit_code == 2
+    assert f"{config}:3: record.test: the test split is already the validation data" in result.output
+
+
+@pytest.mark.slow
+def test_record_test_evaluates_the_final_model_on_the_test_split(tmp_path):
+    """A learning rate so small that the final no-BN model is its initial one: test_loss must be
+    the initial model's loss on the test split (not on the held-out validation data)."""
+    from bncompare.data import test_split
+    from bncompare.models import build_model
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: t\ndata: {dataset: synthetic, validation: 0.1}\nmodel: {depth: 1, width: 8}\n"
+                      "train: {steps: 2, learning_rate: 1.0e-9}\nrecord: {test: true}\n"
+                      "variants: {no_bn: {model.batch_norm: false}, bn: {model.batch_norm: true}}\n")
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    finals = {}
+    for path in (tmp_path / "out" / "t").glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        finals[metrics["variant"]] = metrics["final"]
+    assert set(finals["bn"]) >= {"test_loss", "test_accuracy", "val_loss"}
+    [run] = [r for r in load_runs([config]) if r.variant == "no_bn"]
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    model = build_model(run.params, (28, 28, 1), 10)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    x, y = test_split("synthetic")
+    loss, accuracy = model.evaluate(x, y, verbose=0)
+    assert finals["no_bn"]["test_loss"] == pytest.approx(loss, rel=1e-4)
+    assert finals["no_bn"]["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert finals["no_bn"]["test_loss"] != pytest.approx(finals["no_bn"]["val_loss"], rel=1e-4)
