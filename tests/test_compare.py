@@ -17,7 +17,7 @@ from statsmodels.stats.power import TTestPower
 from typer.testing import CliRunner
 
 from bncompare.aggregate import Reduction, load
-from bncompare.backend import import_keras
+from bncompare.backend import cpu, import_keras
 from bncompare.cli import app
 from bncompare.compare import (default_baseline, holm, paired, ranked, render, rows, seeds_needed,
                                sentence, title)
@@ -376,6 +376,7 @@ def test_record_test_evaluates_the_final_model_on_the_test_split(tmp_path):
         metrics = json.loads(path.read_text())
         finals[metrics["variant"]] = metrics["final"]
     assert set(finals["bn"]) >= {"test_loss", "test_accuracy", "val_loss"}
+    assert (metrics["environment"]["cpu"], metrics["environment"]["cpu_isa"]) == tuple(cpu().values())
     [run] = [r for r in load_runs([config]) if r.variant == "no_bn"]
     keras = import_keras()
     keras.utils.set_random_seed(0)
