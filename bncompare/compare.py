@@ -28,6 +28,7 @@ Every number comes from NumPy or scipy; nothing here holds a statistical table.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -113,8 +114,8 @@ def ranked(variant: list[float | None], baseline: list[float | None], lower_bett
     for mine, theirs in zip(variant, baseline):
         if mine is None or theirs is None:
             diffs.append(0.0 if mine is theirs else worse * beyond if mine is None else -worse * beyond)
-        else:
-            diffs.append(0.0 if abs(mine - theirs) <= rounding else mine - theirs)
+        else:  # 12 significant digits: 0.3 - 0.2 and 0.2 - 0.1 are one difference, so they tie
+            diffs.append(0.0 if abs(mine - theirs) <= rounding else float(f"{mine - theirs:.12g}"))
     signed = np.asarray(diffs, dtype=float) * worse  # > 0: the variant did worse
     n = len(diffs)
     if n == 0:
@@ -185,6 +186,7 @@ def settled(record: dict[str, Any]) -> bool:
     return record["p_adjusted"] is not None and record["p_adjusted"] < ALPHA
 
 
+@functools.lru_cache(maxsize=64)
 def rank_floor(family: int) -> int:
     """The fewest seeds at which the signed-rank test can reach ALPHA after Holm's adjustment over
     `family` rows at all (every seed on one side; Holm's first step is Bonferroni's)."""

@@ -141,9 +141,11 @@ def test_ranked_on_losses_ties_and_one_seed():
     assert result.p_rank == pytest.approx(stats.wilcoxon([-0.1, 1e3, -1e3, 0.0]).pvalue)
     one = ranked([0.9], [0.8], lower_better=False)
     assert (one.n_seeds, one.wins, one.p_rank) == (1, 1, pytest.approx(stats.wilcoxon([0.1]).pvalue))
-    # 0.3 - 0.2 and 0.2 - 0.1 differ by rounding only: equal differences, ranked as ties.
-    rounding = ranked([0.3, 0.2, 0.5], [0.2, 0.1, 0.1], lower_better=False)
-    assert rounding.p_rank == pytest.approx(stats.wilcoxon([0.1, 0.1, 0.4]).pvalue)
+    # 0.3 - 0.2 and 0.2 - 0.1 differ by rounding only: equal differences, ranked as ties (untied,
+    # scipy would give 0.1875).
+    rounding = ranked([0.3, 0.2, 0.5, 0.1, 0.7, 0.6], [0.2, 0.1, 0.1, 0.2, 0.6, 0.3], lower_better=False)
+    assert rounding.p_rank == pytest.approx(stats.wilcoxon([0.1, 0.1, 0.4, -0.1, 0.1, 0.3]).pvalue)
+    assert rounding.p_rank == pytest.approx(0.15625)
     empty = ranked([], [], lower_better=False)
     assert (empty.n_seeds, empty.wins, empty.p_rank) == (0, 0, None)
 
