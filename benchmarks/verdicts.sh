@@ -36,7 +36,8 @@ row() {  # NAME MINUTES: start a row
 verdict() {  # NAME EXPERIMENT [COMPARE OPTIONS...]: the row's comparison, printed and saved
     local name=$1 experiment=$2
     shift 2
-    bncompare compare "$OUT/$experiment" "$@" --format markdown | tee "$OUT/$name.md" || status=1
+    echo "bncompare compare $OUT/$experiment $*" > "$OUT/$name.md"
+    bncompare compare "$OUT/$experiment" "$@" --format markdown | tee -a "$OUT/$name.md" || status=1
     echo "-- $name: ${SECONDS} s"
 }
 

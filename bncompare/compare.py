@@ -386,7 +386,7 @@ def render(results: Results, records: list[dict[str, Any]], fmt: str):
 
 CAPTION = ("difference: variant − baseline, mean over the seeds both trained, with its 95% t-interval "
            "and two-sided paired t-test; better/worse in k/n seeds: every seed finished in both, a "
-           "diverged run worse than any trained one ((N seeds run): when some did not finish on one side); "
+           "diverged run worse than any trained one, and (N seeds run) when some did not finish on one side; "
            "p (rank; Holm): two-sided Wilcoxon signed-rank test over those seeds, then Holm's "
            "adjustment over the rows; cannot tell: the Holm-adjusted p is not below 0.05, and about N "
            "seeds would give the t-test 80% power at the observed difference and let the rank test "
