@@ -208,6 +208,8 @@ def test_a_single_seed_condition_gives_n_1_and_null_statistics(tmp_path):
     [record] = json.loads(render(load(out), rows(load(out)), "json"))
     assert record["n_pairs"] == 1 and record["mean_diff"] == pytest.approx(0.1)
     assert record["ci_low"] is None and record["p_value"] is None and record["wins"] == 1
+    assert record["n_seeds"] == 1 and record["seeds_needed"] is None
+    assert record["p_rank"] == record["p_adjusted"] == pytest.approx(stats.wilcoxon([0.1]).pvalue)
 
 
 def test_losses_win_when_lower(tmp_path):
