@@ -120,15 +120,42 @@ def ranked(variant: list[float | None], baseline: list[float | None], lower_bett
     n = len(diffs)
     if n == 0:
         return Ranked(0, 0, 0, None)
+    return Ranked(n, int(np.sum(signed < 0)), int(np.sum(signed > 0)), signed_rank_p(diffs))
+
+
+# scipy.stats.wilcoxon's limit for its exact permutation test (ties or zeros, up to 2**13 sign flips).
+PERMUTATION_LIMIT = 13
+
+
+def signed_rank_p(diffs: list[float]) -> float | None:
+    """The two-sided p-value of scipy.stats.wilcoxon(diffs) (zero_method "wilcox"); None when undefined.
+
+    Where scipy runs its exact permutation test (ties or zeros among at most 13 differences), the
+    same test is computed here by enumerating the sign flips at once: scipy's generic
+    permutation_test takes about a second per row at 13 seeds (benchmarks/plot_many_runs.py), and a
+    table has many rows. The p-values are scipy's (tests/test_compare.py).
+    """
     from scipy import stats
 
+    values = np.asarray(diffs, dtype=float)
+    nonzero = values[values != 0]
+    if len(values) and not len(nonzero):
+        return 1.0  # every pair tied: no evidence either way (scipy's permutation test gives 1)
+    ranks = stats.rankdata(np.abs(nonzero))
+    ties = len(np.unique(ranks)) < len(ranks)
+    if len(values) <= PERMUTATION_LIMIT and (ties or len(nonzero) < len(values)):
+        observed = float(np.sum(ranks[nonzero > 0]))
+        flips = (np.arange(2 ** len(nonzero))[:, None] >> np.arange(len(nonzero))) & 1
+        null = flips @ ranks  # the sum of positive ranks under every sign assignment
+        gamma = abs(observed) * np.finfo(float).eps * 100  # permutation_test's tolerance for ties
+        less, greater = np.mean(null <= observed + gamma), np.mean(null >= observed - gamma)
+        return float(min(1.0, 2 * min(less, greater)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # every difference zero: scipy warns
         try:
-            p_rank = _finite(stats.wilcoxon(diffs).pvalue)
+            return _finite(stats.wilcoxon(values).pvalue)
         except ValueError:  # older scipy: every difference zero
-            p_rank = None
-    return Ranked(n, int(np.sum(signed < 0)), int(np.sum(signed > 0)), p_rank)
+            return None
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

@@ -7,6 +7,7 @@ import io
 import json
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from bncompare.aggregate import Reduction, load
 from bncompare.backend import cpu, import_keras
 from bncompare.cli import app
 from bncompare.compare import (default_baseline, holm, paired, ranked, render, rows, seeds_needed,
-                               sentence, title)
+                               sentence, signed_rank_p, title)
 from bncompare.config import load_runs
 
 CONFIG = """\
@@ -148,6 +149,17 @@ def test_ranked_on_losses_ties_and_one_seed():
     assert rounding.p_rank == pytest.approx(0.15625)
     empty = ranked([], [], lower_better=False)
     assert (empty.n_seeds, empty.wins, empty.p_rank) == (0, 0, None)
+
+
+@pytest.mark.parametrize("diffs", [[1e3, 1e3, 0.1, -0.2, 0.3], [0.0, 0.1, 0.1, -0.1, 0.4, 0.2],
+                                   [-1e3, -1e3, -1e3, 0.0, 0.0, 0.05, -0.02, 0.01],
+                                   [0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7], [0.0, 0.0, 0.0]])
+def test_signed_rank_p_is_scipys_wilcoxon(diffs):
+    """Ties and zeros (scipy's exact permutation test, enumerated here at once) and none (scipy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = stats.wilcoxon(diffs).pvalue
+    assert signed_rank_p(diffs) == pytest.approx(expected, rel=1e-12)
 
 
 def test_holm_matches_statsmodels_and_leaves_missing_p_values_out():
