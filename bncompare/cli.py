@@ -439,16 +439,22 @@ def compare(
     include_running: IncludeRunning = False,
     where: Where = None,
     experiment: ExperimentName = None,
+    tune: Annotated[Optional[str], typer.Option(
+        "--tune", metavar="KEY", help="Compare each variant at its own best value of this swept key "
+        "(best mean over seeds; with --metric test_accuracy, chosen by val_accuracy).")] = None,
 ) -> None:
-    """Paired comparison by seed of each variant with the baseline, per condition: mean difference
-    (variant − baseline) with its 95% t-interval, paired t-test p-value, wins and diverged seeds."""
+    """Paired comparison by seed of each variant with the baseline, per condition: every seed's
+    wins (a diverged run loses), a signed-rank test Holm-adjusted over the rows, and over the seeds
+    both trained the mean difference (variant − baseline) with its 95% t-interval, the t-test's
+    p-value and the seeds that would give it 80% power."""
     reduction = _reduction(reduce)
-    results = _results(results_dir, include_running, where, experiment, metric)
+    results = _results(results_dir, include_running, where, experiment)
     from bncompare.aggregate import BadFilter
-    from bncompare.compare import render, rows
+    from bncompare.compare import check_metric, render, rows
 
     try:
-        records = rows(results, metric, reduction, baseline)
+        check_metric(results, metric, tune)
+        records = rows(results, metric, reduction, baseline, tune)
     except BadFilter as e:
         raise fail(str(e)) from None
     if not records:

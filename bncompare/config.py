@@ -487,6 +487,10 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
         return params
     available = TRAIN_SIZES[dataset]
     validation = params["data.validation"]
+    if params["record.test"] and validation == "test":
+        raise ConfigError(f"{where(('record', 'test'), 'record.test')}: the test split is already the "
+                          "validation data (data.validation: test); hold out a fraction of the "
+                          "training split instead, e.g. data.validation: 0.1" + in_variant)
     if validation != "test":
         held_out = int(round(available * validation))  # as data.load_dataset splits
         if held_out < 1 or held_out >= available:

@@ -87,6 +87,11 @@ def _split(name: str, validation: str | float, train_limit: int | None) -> Datas
     return Dataset(name, x_train, y_train, x_val, y_val, classes)
 
 
+def test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The named dataset's test split (x, y), for `record.test` when validation is held out."""
+    return _raw(name)[2:]
+
+
 @functools.lru_cache(maxsize=4)
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test) as float32 NHWC in [0, 1] and int32 labels."""

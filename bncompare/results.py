@@ -253,7 +253,9 @@ class MetricsFile:
         append_series(self.data, blocks or {})
         self.save()
 
-    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
+    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None,
+               final: dict[str, Any] | None = None) -> None:
+        """Record how the run ended; `final` adds entries to `final` (record.test's test scores)."""
         history = self.data["history"]
         accuracies = [a for a in history["val_accuracy"] if a is not None and math.isfinite(a)]
         last = {key: history[key][-1] for key in HISTORY_KEYS} if history["step"] else {}
@@ -261,6 +263,7 @@ class MetricsFile:
             "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
             "best_val_accuracy": max(accuracies) if accuracies else None,
             "train_seconds": last.get("seconds"),
+            **(final or {}),
         }
 
         self.data.update(status=status, diverged_at=diverged_at, error=error, finished_at=now())

@@ -114,13 +114,13 @@ def release_data() -> None:
 
 def environment(keras, device: str) -> dict[str, Any]:
     """Versions and machine, recorded in every metrics.json."""
-    from bncompare.backend import threads
+    from bncompare.backend import cpu, threads
 
     backend = keras.backend.backend()
     return {"bncompare": __version__, "python": platform.python_version(),
             "tensorflow": _installed("tensorflow"), "keras": keras.__version__, "backend": backend,
             **({backend: _installed(backend)} if backend != "tensorflow" else {}),
-            "device": device, "threads": threads(), "git_commit": _git_commit(),
+            "device": device, "threads": threads(), **cpu(), "git_commit": _git_commit(),
             "hostname": socket.gethostname()}
 
 

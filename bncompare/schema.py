@@ -426,6 +426,11 @@ SCHEMA: dict[str, Option] = {
         0, "N > 0: evaluate the first N training examples in inference mode at each eval point "
         "(train_eval_loss, train_eval_accuracy: the generalisation gap without dropout or batch "
         "statistics) | 0: off", integer(minimum=0), short="traineval", added=2),
+    "record.test": Option(False, "evaluate the test split once, at the end of training, with the "
+                          "statistics val_loss uses (final.test_loss, final.test_accuracy); needs "
+                          "data.validation a held-out fraction, so that settings chosen on validation "
+                          "are reported on data nothing was chosen on", boolean, short="test",
+                          added=3),
     "record.tensorboard": Option(False, "write TensorBoard event files into each run directory",
                                  boolean, in_run_id=False),
     "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
