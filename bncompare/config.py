@@ -483,6 +483,10 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
     in_variant = f" (variant {variant})" if variant else ""
     _resolve_functions(params, where)
     if dataset not in TRAIN_SIZES:  # the researcher's own: its size is known once it is loaded
+        if params["record.test"]:  # a dataset function returns train and validation splits only
+            raise ConfigError(f"{where(('record', 'test'), 'record.test')}: data.dataset is a function, "
+                              "which has no test split; evaluate a split of your own in it instead"
+                              + in_variant)
         _resolve_model(params, where, in_variant)
         return params
     available = TRAIN_SIZES[dataset]

@@ -213,6 +213,7 @@ CONFIG_ERRORS = [
     ("data.dataset=code/mine.py:tiny_cnn", "data.dataset: code/mine.py:tiny_cnn: "),
     ("model.kind=mine.py", '--set model.kind=mine.py: expected one of mlp, cnn, resmlp, rescnn, or '
      'a function as "package.module:function" or "file.py:function"'),
+    ("record.test=true", "record.test: data.dataset is a function, which has no test split"),
 ]
 # Found before anything trains: the import, and what the functions return.
 RUN_ERRORS = [
