@@ -12,6 +12,7 @@ baseline, a row carries:
   a pair with one diverged side counting as a difference larger than any between trained runs (the
   same for every such pair); None when there is no pair;
 - p_adjusted: Holm's adjustment of p_rank over the rows of one invocation;
+- p_value_adjusted: Holm's adjustment of p_value over the rows of one invocation;
 - n_pairs: seeds trained (completed, not diverged, with a finite metric) in both, and over them
 - mean_diff: the mean paired difference, variant - baseline;
 - ci_low, ci_high: the 95% t-interval of the paired differences (scipy.stats);
@@ -174,13 +175,13 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return out
 
 
-def power(effect: float, n: int) -> float:
-    """Power of the two-sided one-sample (paired) t-test at ALPHA with n pairs, for a true mean
+def power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided one-sample (paired) t-test at `alpha` with n pairs, for a true mean
     difference of `effect` standard deviations of the differences."""
     from scipy import stats
 
     df = n - 1
-    critical = stats.t.ppf(1 - ALPHA / 2, df)
+    critical = stats.t.ppf(1 - alpha / 2, df)
     shift = effect * math.sqrt(n)
     return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
 
@@ -196,21 +197,51 @@ def seeds_needed(diffs: list[float]) -> int | None:
     mean = float(np.mean(diffs_array))
     if np.ptp(diffs_array) <= _rounding(diffs) or mean == 0:
         return None
-    effect = abs(mean) / spread
+    return seeds_for(abs(mean) / spread)
+
+
+def seeds_for(effect: float, alpha: float = ALPHA) -> int | None:
+    """The fewest pairs giving the paired t-test at `alpha` POWER power for a mean difference of
+    `effect` standard deviations; None past MAX_SEEDS."""
     low, high = 1, 2  # power(low) < POWER <= power(high); one pair has no t-test
-    while power(effect, high) < POWER:
+    while power(effect, high, alpha) < POWER:
         low, high = high, high * 2
         if high > MAX_SEEDS:
             return None
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if power(effect, middle) < POWER else (low, middle)
+        low, high = (middle, high) if power(effect, middle, alpha) < POWER else (low, middle)
     return high
 
 
+def _seeds_to_settle(record: dict[str, Any], family: int) -> int:
+    """About how many seeds would settle a row over `family` rows: the t-test's 80% power at Holm's
+    strictest level (ALPHA / family) for the observed effect (its standard deviation read back
+    from the interval), and, for a row the rank test decides, the fewest seeds at which it can
+    reach ALPHA at all."""
+    from scipy import stats
+
+    needed = record["seeds_needed"] or 0
+    n, low, high = record["n_pairs"], record["ci_low"], record["ci_high"]
+    if needed and n >= 2 and high > low and record["mean_diff"]:
+        spread = (high - low) / 2 / stats.t.ppf(1 - ALPHA / 2, n - 1) * math.sqrt(n)
+        needed = seeds_for(abs(record["mean_diff"]) / spread, ALPHA / max(family, 1)) or needed
+    return max(needed, rank_floor(family) if by_rank(record) else 2)
+
+
+def by_rank(record: dict[str, Any]) -> bool:
+    """Whether a row is decided by its rank test: when a seed diverged on one side only, the
+    t-test sees the survivors alone, and only the rank test counts every seed. Otherwise both tests
+    see the same pairs and the t-test decides: the exact signed-rank test cannot reach 0.05 with
+    fewer than 6 seeds at all (its smallest two-sided p is 2/2**n), so it would leave every 5-seed
+    row undecided however large and consistent the difference."""
+    return record["n_pairs"] < record["n_seeds"]
+
+
 def settled(record: dict[str, Any]) -> bool:
-    """Whether a row's Holm-adjusted rank test excludes no difference at ALPHA."""
-    return record["p_adjusted"] is not None and record["p_adjusted"] < ALPHA
+    """Whether a row's Holm-adjusted test excludes no difference at ALPHA (see `by_rank`)."""
+    p = record["p_adjusted"] if by_rank(record) else record.get("p_value_adjusted")
+    return p is not None and p < ALPHA
 
 
 @functools.lru_cache(maxsize=64)
@@ -285,6 +316,8 @@ def rows(results: Results, metric: str = "val_accuracy", reduction: Reduction = 
                 records.append(record)
     for record, adjusted in zip(records, holm([r["p_rank"] for r in records])):
         record["p_adjusted"] = adjusted
+    for record, adjusted in zip(records, holm([r["p_value"] for r in records])):
+        record["p_value_adjusted"] = adjusted
     return records
 
 
@@ -405,7 +438,7 @@ def render(results: Results, records: list[dict[str, Any]], fmt: str):
     table = Table(title=title(records), title_justify="left", header_style="bold",
                   caption=CAPTION, caption_justify="left")
     for column in header:
-        table.add_column(column, overflow="fold", no_wrap=column in ("p (t-test)", "p (rank; Holm)"))
+        table.add_column(column, overflow="fold", no_wrap=column in ("p (t-test; Holm)", "p (rank; Holm)"))
     for line in body:
         table.add_row(*line)
     return table
@@ -415,9 +448,10 @@ CAPTION = ("difference: variant − baseline, mean over the seeds both trained, 
            "and two-sided paired t-test; better/worse in k/n seeds: every seed finished in both, a "
            "diverged run worse than any trained one, and (N seeds run) when some did not finish on one side; "
            "p (rank; Holm): two-sided Wilcoxon signed-rank test over those seeds, then Holm's "
-           "adjustment over the rows; cannot tell: the Holm-adjusted p is not below 0.05, and about N "
-           "seeds would give the t-test 80% power at the observed difference and let the rank test "
-           "reach 0.05 over this many rows")
+           "adjustment over the rows; cannot tell: the Holm-adjusted p is not below 0.05 (the t-test's "
+           "when every seed trained in both, else the rank test's, which counts diverged seeds), and "
+           "about N seeds would give the t-test 80% power at the observed difference (and, when "
+           "seeds diverged, let the rank test reach 0.05 over this many rows)")
 
 
 def title(records: list[dict[str, Any]]) -> str:
@@ -459,7 +493,7 @@ def sentence(record: dict[str, Any], family: int = 1) -> str:
     text += f", {'worse' if worse else 'better'} in {record['losses' if worse else 'wins']}/{_seeds(n)}"
     if settled(record):
         return head + text
-    needed = max(record["seeds_needed"] or 0, rank_floor(family))
+    needed = _seeds_to_settle(record, family)
     return head + text + f"; cannot tell at {_seeds(n)} (about {needed} would)"
 
 
@@ -492,13 +526,13 @@ def _human(results: Results, records: list[dict[str, Any]]) -> tuple[list[str], 
     several = len({r["experiment"] for r in records}) > 1
     family = sum(r["p_rank"] is not None for r in records)
     header = (["experiment"] * several + keys
-              + ["variant − baseline: difference [95% CI], seeds better", "p (t-test)",
+              + ["variant − baseline: difference [95% CI], seeds better", "p (t-test; Holm)",
                  "p (rank; Holm)", "diverged (variant/baseline)"])
     body = []
     for r in records:
         body.append([r["experiment"]] * several
                     + [_facet_cell(results, r, k) for k in keys]
-                    + [sentence(r, family) + _dropped(r), _p(r["p_value"]),
+                    + [sentence(r, family) + _dropped(r), f"{_p(r['p_value'])}; {_p(r['p_value_adjusted'])}",
                        f"{_p(r['p_rank'])}; {_p(r['p_adjusted'])}",
                        f"{r['n_diverged_variant']}/{r['n_diverged_baseline']}"])
     return header, body

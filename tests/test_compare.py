@@ -253,17 +253,24 @@ def test_default_baseline_is_named_like_no_bn_else_the_first():
 def test_table_says_in_words_what_a_row_means(tmp_path):
     results = load(planted(tmp_path))
     records = rows(results)
-    # Two rows: Holm doubles the smaller p; the signed-rank test needs 7 seeds to reach 0.05 then.
-    assert sentence(records[0], 2) == ("bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds; "
-                                       "cannot tell at 5 seeds (about 7 would)")
+    # Every seed trained in both: the Holm-adjusted t-test decides (the exact signed-rank test cannot
+    # reach 0.05 at 5 seeds at all, however large and consistent the difference).
+    assert records[0]["p_value_adjusted"] == pytest.approx(2 * records[0]["p_value"])
+    assert records[0]["p_value_adjusted"] < 0.05
+    assert sentence(records[0], 2) == "bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds"
+    unsure = dict(records[0], p_value_adjusted=0.2)
+    assert sentence(unsure, 2) == ("bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds; "
+                                   "cannot tell at 5 seeds (about 6 would)")
     lines = render(results, records, "markdown").splitlines()
     assert lines[0] == ("| train.learning_rate | variant − baseline: difference [95% CI], seeds better "
-                        "| p (t-test) | p (rank; Holm) | diverged (variant/baseline) |")
+                        "| p (t-test; Holm) | p (rank; Holm) | diverged (variant/baseline) |")
     assert lines[3] == ("| 0.1 | bn − no_bn: +0.0400 [-0.0262, +0.1062] over the 4 seeds both trained, "
-                        "better in 4/5 seeds; cannot tell at 5 seeds (about 11 would) "
-                        "| 0.150 | 0.125; 0.125 | 0/1 |")
-    settled = dict(records[0], p_adjusted=0.01)
-    assert sentence(settled) == "bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds"
+                        "better in 4/5 seeds; cannot tell at 5 seeds (about 13 would) "
+                        "| 0.150; 0.150 | 0.125; 0.125 | 0/1 |")
+    # A seed diverged on one side: only the rank test counts it, so it decides, whatever the t-test.
+    settled = dict(records[1], p_adjusted=0.01, p_value_adjusted=0.9)
+    assert sentence(settled).endswith("better in 4/5 seeds")
+    assert "cannot tell" in sentence(dict(records[1], p_adjusted=0.2, p_value_adjusted=0.001))
 
 
 # ---- the command line ---------------------------------------------------------------------------
@@ -306,7 +313,9 @@ def test_compare_table_in_a_pipe(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(planted(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "paired comparison by seed: final val_accuracy (higher is better)" in result.stdout
-    assert "bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds; cannot tell" in result.stdout
+    assert "bn − no_bn: +0.0240 [+0.0073, +0.0407], better in 5/5 seeds " in result.stdout
+    assert "better in 5/5 seeds; cannot tell" not in result.stdout
+    assert "better in 4/5 seeds; cannot tell at 5 seeds" in result.stdout
 
 
 # ---- --tune and record.test ---------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_the_page_says_what_was_compared_how_sure_and_how_to_reproduce_it(plante
     assert "each at train.learning_rate = 0.01, 0.1, 50" in " ".join(text.split())
     # compare's rows in words (planted: bn is 0.05 better in every seed), in a table, in a figure.
     assert "At learning_rate=0.01: bn − no_bn: +0.0500, better in 3/3 seeds" in text
-    assert "At learning_rate=50: bn − no_bn: no seed finished in both" in text
+    assert "At learning_rate=50: bn − no_bn: no seed trained in both, tied in 3/3 seeds" in text
     assert "<th scope=\"col\">difference [95% CI]</th>" in page
     assert 'alt="sweep: paired difference by seed, mean and 95% t-interval' in page  # forest plot
     # plot's figures (curves for 3 metrics, the sweep), forest plot, summary, warnings.
