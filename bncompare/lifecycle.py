@@ -397,7 +397,7 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
     try:
         if isinstance(failure, KeyboardInterrupt):
             for _, run, run_dir, _ in claimed:  # a run that never got a record of its own
-                _record_failure(run, run_dir, failure, status="interrupted", only_missing=True)
+                record_failure(run, run_dir, failure, status="interrupted", only_missing=True)
         elif isinstance(failure, OSError):  # the disk refused (read-only, full)
             for i, run, run_dir, _ in claimed:
                 done = finished_record(run_dir)  # members that finished before the disk said no
@@ -406,7 +406,7 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
         elif isinstance(failure, Exception):  # a bug outside training's own guard
             for i, run, run_dir, _ in claimed:
                 if finished_record(run_dir) is None:
-                    _record_failure(run, run_dir, failure)
+                    record_failure(run, run_dir, failure)
                     outcomes[i] = Outcome(run, "failed", note=f"{type(failure).__name__}: {failure}")
     finally:
         for _, _, _, claim in claimed:
@@ -429,7 +429,7 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
     return result
 
 
-def _record_failure(run: Run, run_dir: Path, error: BaseException, status: str = "failed",
+def record_failure(run: Run, run_dir: Path, error: BaseException, status: str = "failed",
                     only_missing: bool = False) -> None:
     """Mark a run that broke outside training's own error handling as failed (or `status`), on
     disk; with `only_missing`, only a run that has no metrics.json yet."""
@@ -443,8 +443,8 @@ def _record_failure(run: Run, run_dir: Path, error: BaseException, status: str =
         metrics = {"schema": 1, "experiment": run.experiment, "run_id": run.run_id,
                    "variant": run.variant, "params": run.params, "history": {}, "final": {}}
     if metrics.get("status") in (None, "running", "interrupted"):
-        error_text = ("interrupted by the user (SIGINT/SIGTERM)" if status == "interrupted"
-                      else f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        error_text = ("interrupted by the user (SIGINT/SIGTERM)" if status == "interrupted" else
+                      f"{type(error).__name__}: {error}\n{''.join(traceback.format_exception(error))}")
         metrics.update(status=status, finished_at=now(), error=error_text)
         try:
             write_json(run_dir / METRICS_FILE, metrics)
