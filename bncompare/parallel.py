@@ -191,14 +191,11 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
     from bncompare import engines, runner
     from bncompare.lifecycle import execute_group
 
-    lock = threading.Lock()
-
     def send(message) -> None:
-        with lock:
-            try:
-                connection.send(message)
-            except OSError:  # the parent is gone: nobody to tell; the watcher stops this worker
-                pass
+        try:
+            connection.send(message)
+        except OSError:  # the parent is gone: nobody to tell; the watcher stops this worker
+            pass
 
     # SIGINT is blocked (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
     # signals the whole process group, and the parent answers it by sending each worker one

@@ -111,9 +111,17 @@ def ray_session():
     """A Ray session of this test process (as a caller's own would be): bncompare must use it and
     leave it running."""
     ray = pytest.importorskip("ray")
+    # A cluster of these tests only: no token shared through ~/.ray with other clusters on the
+    # machine, so that a `bncompare` subprocess can join it too.
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     yield ray
     ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_AUTH_MODE")
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous
 
 
 @pytest.mark.slow
@@ -163,11 +171,12 @@ def test_ray_task_failing_in_bncompare_is_that_failure_with_its_traceback(
 
 @pytest.mark.slow
 @needs_ray
-def test_sigterm_to_a_ray_driver_saves_every_run_and_exits_130(tmp_path):
+def test_sigterm_to_a_ray_driver_saves_every_run_and_exits_130(ray_session, tmp_path):
     config = tmp_path / "long.yaml"
     config.write_text(CONFIG.replace("epochs: 2", "steps: 100000") + "record: {eval_every: 20}\n")
+    address = ray_session.get_runtime_context().gcs_address  # this session's cluster: started once
     process = subprocess.Popen([sys.executable, "-m", "bncompare", "run", str(config), "--out",
-                                str(tmp_path / "r"), "--executor", "ray"],
+                                str(tmp_path / "r"), "--executor", "ray", "--address", address],
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"},
                                start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
