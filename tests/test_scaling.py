@@ -87,6 +87,14 @@ def test_jobs_auto_trains_small_sweeps_here_and_gives_every_core_a_group():
     assert [len(g.runs) for g in parallel.spread([Group("tf_pack", runs * 2)], 3)] == [1, 1, 2]
 
 
+@pytest.mark.parametrize("jobs", ["0", "lots"])
+def test_jobs_is_auto_or_a_positive_number(tiny_config, tmp_path, jobs):
+    result = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(tmp_path / "r"), "--jobs", jobs])
+    assert result.exit_code == 2
+    assert result.output == f"error: --jobs {jobs}: give auto or a number of worker processes (1 or more)\n"
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_jobs_auto_gives_the_same_runs_and_metrics_on_every_core(sequential, tmp_path, monkeypatch):
     """Two worker processes (as on a 2-core machine, for a sweep big enough) give the numbers of
