@@ -177,9 +177,9 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress; print only the final summary line and errors.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible).")] = 1,
+    jobs: Annotated[str, typer.Option("--jobs", metavar="auto|N", help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible); auto: one per core, or this process for one group or a small sweep.")] = "auto",
     backend: Annotated[Optional[Backend], typer.Option("--backend", help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")] = None,
-    executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per run.")] = Executor.local,
+    executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per group of runs.")] = Executor.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray instance).")] = None,
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
@@ -187,6 +187,7 @@ def run(
     Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when
     every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
+    workers = _jobs(jobs)
     runs = _load(configs, overrides, sweeps, only_variants)
     if dry_run:
         import os
@@ -216,47 +217,66 @@ def run(
     try:  # everything the user must fix fails here, before anything is written
         select_backend(backend.value if backend else None)
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
-            prepared = _check(runs, executor, jobs, device, address)
+            prepared, workers, how = _check(runs, executor, workers, device, address)
             interrupts.check()
     except (DataError, DeviceError, CallableError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
+    if how and not quiet:
+        stdout.print(how, highlight=False, soft_wrap=True)
     live = stdout.is_terminal and not quiet
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
         with display:
             outcomes, interrupted = _train(runs, out, RunLog(display, out), prepared, executor,
-                                           jobs, device, address, force)
+                                           workers, device, address, force)
     except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
         raise fail(str(e)) from None
     display.summary(outcomes)
     raise typer.Exit(runner.exit_code(outcomes, interrupted))
 
 
-def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, address: str | None):
-    """Fail early on what the chosen executor will need; return the local single-process setup."""
+def _jobs(text: str) -> int | None:
+    """--jobs: a number of worker processes, or None for auto."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise fail(f"--jobs {text}: give auto or a number of worker processes (1 or more)")
+    return jobs
+
+
+def _check(runs: list[Run], executor: Executor, jobs: int | None, device: Device,
+           address: str | None):
+    """Fail early on what the chosen executor will need. Returns (the single-process setup or
+    None, the worker processes, a line saying how the sweep trains, or "")."""
     from bncompare import parallel, runner
     from bncompare.backend import DeviceError
 
     if executor is Executor.ray:
-        from bncompare.ray_executor import import_ray
+        from bncompare.ray_executor import check_address, import_ray
 
         import_ray()
         if address is None:  # a local Ray instance reads the same data as we do
             runner.load_data(runs)
             runner.release_data()
-        return None
-    if jobs == 1:
-        return runner.prepare(runs, device.value)
+        else:
+            check_address(address)
+        return None, 1, ""
+    workers, how = parallel.choose_jobs(runs, runner.load_data(runs), jobs)
+    if workers == 1:
+        return runner.prepare(runs, device.value), 1, "" if jobs == 1 else how
     # The workers import the backend; importing it here would hold GPU memory they need. The data
-    # is loaded once to fail early, then released: the workers load their own copies.
-    runner.load_data(runs)
+    # was loaded once to fail early; it is released: the workers load their own copies.
     runner.release_data()
     runner.check_own_models_apart(runs, device.value)
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
-    return None
+    return None, workers, how
 
 
 def _train(runs, out, display, prepared, executor, jobs, device, address, force):

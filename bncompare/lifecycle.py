@@ -362,6 +362,31 @@ def outcome_of(run: Run, run_dir: Path, status: str | None) -> Outcome:
     return Outcome(run, status, metrics.get("final") or {}, note)
 
 
+@dataclass
+class ClaimedGroup:
+    """A group after its claim half (`claim_group`): what each run will do in this process."""
+
+    runs: list[Run]
+    outcomes: dict[int, Outcome] = field(default_factory=dict)  # runs not trained here, by index
+    claimed: list[tuple[int, Run, Path, Claim]] = field(default_factory=list)  # runs to train
+    interrupted: bool = False  # a second Ctrl-C while claiming
+
+
+def claim_group(runs: list[Run], out: Path, force: bool) -> ClaimedGroup:
+    """The claim half of `execute_group`: claim each run (or say why it is not trained here)."""
+    group = ClaimedGroup(runs)
+    try:
+        for i, run in enumerate(runs):
+            run_dir, claim, outcome = claim_run(run, out, force)
+            if outcome is not None:
+                group.outcomes[i] = outcome
+            else:
+                group.claimed.append((i, run, run_dir, claim))
+    except KeyboardInterrupt:
+        group.interrupted = True
+    return group
+
+
 def execute_group(engine, runs: list[Run], out: Path, data, environment: dict[str, Any],
                   listener: Listener, force: bool, first_slot: int = 0) -> list[Outcome]:
     """Claim each run, train the claimed ones as one group, release; an Outcome per run, in order.
@@ -370,39 +395,55 @@ def execute_group(engine, runs: list[Run], out: Path, data, environment: dict[st
     (runs that had diverged or completed keep that status); the caller reads them from
     `InterruptedGroup.outcomes`.
     """
-    outcomes: dict[int, Outcome] = {}
-    claimed: list[tuple[int, Run, Path, Claim]] = []
-    interrupted = False
-    recorders: list[Recorder] = []
+    group = claim_group(runs, out, force)
+    statuses: dict[int, str | None] = {}
+    failure: BaseException | None = None
+    if group.claimed and not group.interrupted:
+        try:
+            recorders = train_group(engine, [c[1] for c in group.claimed],
+                                    [c[2] for c in group.claimed], data, environment=environment,
+                                    listener=listener, first_slot=first_slot)
+            statuses = {c[0]: r.status for c, r in zip(group.claimed, recorders)}
+        except BaseException as e:  # noqa: BLE001 - settle_group decides what each one means
+            failure = e
+    return settle_group(group, statuses, failure, listener, first_slot)
+
+
+def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: BaseException | None,
+                 listener: Listener, first_slot: int = 0) -> list[Outcome]:
+    """The settle half of `execute_group`: record what `failure` means for the claimed runs, release
+    their claims, and report an Outcome per run (in order) to the listener.
+
+    `statuses` (by run index) are the statuses training ended with; runs without one are read back
+    from their metrics.json. `failure` is what stopped training: KeyboardInterrupt (the runs were
+    interrupted: InterruptedGroup is raised once all is settled), OSError (the disk refused), any
+    other Exception (a bug outside training's own guard: the runs fail, with its traceback); any
+    other BaseException is re-raised once the claims are released.
+    """
+    runs, outcomes, claimed = group.runs, dict(group.outcomes), group.claimed
+    interrupted = group.interrupted or isinstance(failure, KeyboardInterrupt)
     try:
-        for i, run in enumerate(runs):
-            run_dir, claim, outcome = claim_run(run, out, force)
-            if outcome is not None:
-                outcomes[i] = outcome
-            else:
-                claimed.append((i, run, run_dir, claim))
-        if claimed:
-            recorders = train_group(engine, [c[1] for c in claimed], [c[2] for c in claimed], data,
-                                    environment=environment, listener=listener, first_slot=first_slot)
-    except KeyboardInterrupt:
-        interrupted = True
-    except OSError as e:  # the disk refused (read-only, full)
-        for i, run, run_dir, _ in claimed:
-            done = finished_record(run_dir)  # members that finished before the disk said no
-            outcomes[i] = (Outcome(run, done["status"], done.get("final") or {}) if done
-                           else cannot_write(run, run_dir, e))
-    except Exception as e:  # noqa: BLE001 - a bug outside training's own guard must not stop the sweep
-        for i, run, run_dir, _ in claimed:
-            if finished_record(run_dir) is None:
-                _record_failure(run, run_dir, e)
-                outcomes[i] = Outcome(run, "failed", note=f"{type(e).__name__}: {e}")
+        if isinstance(failure, KeyboardInterrupt):
+            for _, run, run_dir, _ in claimed:  # a run that never got a record of its own
+                record_failure(run, run_dir, failure, status="interrupted", only_missing=True)
+        elif isinstance(failure, OSError):  # the disk refused (read-only, full)
+            for i, run, run_dir, _ in claimed:
+                done = finished_record(run_dir)  # members that finished before the disk said no
+                outcomes[i] = (Outcome(run, done["status"], done.get("final") or {}) if done
+                               else cannot_write(run, run_dir, failure))
+        elif isinstance(failure, Exception):  # a bug outside training's own guard
+            for i, run, run_dir, _ in claimed:
+                if finished_record(run_dir) is None:
+                    record_failure(run, run_dir, failure)
+                    outcomes[i] = Outcome(run, "failed", note=f"{type(failure).__name__}: {failure}")
     finally:
         for _, _, _, claim in claimed:
             claim.release()
+    if failure is not None and not isinstance(failure, (Exception, KeyboardInterrupt)):
+        raise failure
     for i, run, run_dir, _ in claimed:
         if i not in outcomes:  # from its metrics.json: a diverged run stays diverged after Ctrl-C
-            status = next((r.status for r in recorders if r.run is run), None)
-            outcomes[i] = outcome_of(run, run_dir, status)
+            outcomes[i] = outcome_of(run, run_dir, statuses.get(i))
     for i, run in enumerate(runs):
         outcomes.setdefault(i, Outcome(run, "interrupted" if interrupted else "failed",
                                        note="interrupted" if interrupted else "not trained"))
@@ -416,18 +457,23 @@ def execute_group(engine, runs: list[Run], out: Path, data, environment: dict[st
     return result
 
 
-def _record_failure(run: Run, run_dir: Path, error: Exception) -> None:
-    """Mark a run that broke outside training's own error handling as failed, on disk."""
+def record_failure(run: Run, run_dir: Path, error: BaseException, status: str = "failed",
+                    only_missing: bool = False) -> None:
+    """Mark a run that broke outside training's own error handling as failed (or `status`), on
+    disk; with `only_missing`, only a run that has no metrics.json yet."""
     from bncompare.results import write_json
 
     try:
         metrics = read_run(run_dir).metrics
+        if only_missing:
+            return
     except UnreadableRun:  # it broke before its metrics.json existed
         metrics = {"schema": 1, "experiment": run.experiment, "run_id": run.run_id,
                    "variant": run.variant, "params": run.params, "history": {}, "final": {}}
     if metrics.get("status") in (None, "running", "interrupted"):
-        metrics.update(status="failed", finished_at=now(),
-                       error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        error_text = ("interrupted by the user (SIGINT/SIGTERM)" if status == "interrupted" else
+                      f"{type(error).__name__}: {error}\n{''.join(traceback.format_exception(error))}")
+        metrics.update(status=status, finished_at=now(), error=error_text)
         try:
             write_json(run_dir / METRICS_FILE, metrics)
         except OSError:

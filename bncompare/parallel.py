@@ -1,22 +1,28 @@
-"""`bncompare run --jobs N`: N worker processes share one sweep; the parent keeps one display.
+"""`bncompare run --jobs auto|N`: worker processes share one sweep; the parent keeps one display.
 
-Workers take groups of runs (as `engines.plan` makes them: a pack or a vmap group stays whole)
-from a queue, so no two ask for the same run; each run is still claimed on disk
-as in a single process, so parallel invocations from the shell stay safe too. A worker sees one GPU
-when GPUs are visible (worker i gets GPU i mod #GPUs).
-Training events come back through a queue (steps at most a few times a second) and drive the same
-display a single process uses, one progress bar per worker.
+Workers ask the parent for groups of runs (as `engines.plan` makes them: a vmap group stays whole;
+a tf_pack group may be split so that every core has work, see `spread`), so no two ask for the same
+run; each run is still claimed on disk as in a single process, so parallel invocations from the
+shell stay safe too. A worker sees one GPU when GPUs are visible (worker i gets GPU i mod #GPUs).
+Training events come back through each worker's pipe (steps at most a few times a second) and drive
+the same display a single process uses, one progress bar per member in training.
+
+Each worker talks to the parent through its own pipe, not a multiprocessing.Queue: a queue's
+semaphores are registered with a resource tracker shared by every process, which reports KeyErrors
+when workers are killed, and its feeder thread blocks a worker's exit forever once the parent is
+gone. A worker watches its parent and stops (its runs saved as interrupted) when the parent dies.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,67 @@ from bncompare.lifecycle import Listener, Outcome
 
 STEP_EVENTS_PER_SECOND = 5
 SHUTDOWN_SECONDS = 60  # after Ctrl-C, how long workers get to save their runs as interrupted
+# --jobs auto trains in this process when the sweep has fewer member-steps than this: a worker's
+# start-up (a process, the backend's import, the data) costs about as much as a few thousand steps
+# of a small model, so a small sweep (and the test suite's tiny configs) finishes sooner in one.
+AUTO_MIN_STEPS = 5000
+# Engines whose members learn, bit for bit, what they learn alone: their groups may be split
+# between workers without changing a number. A vmap group rounds differently with other members.
+SPLITTABLE = ("tf_pack",)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def spread(groups: list, jobs: int) -> list:
+    """`groups` with splittable groups halved (largest first) until every one of `jobs` workers
+    has a group, or none can be split."""
+    from bncompare.engines import Group
+
+    groups = list(groups)
+    while len(groups) < jobs:
+        splittable = [g for g in groups if g.engine in SPLITTABLE and len(g.runs) > 1]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda g: len(g.runs))
+        at = groups.index(largest)
+        half = (len(largest.runs) + 1) // 2
+        groups[at:at + 1] = [Group(largest.engine, largest.runs[:half], largest.note),
+                             Group(largest.engine, largest.runs[half:], largest.note)]
+    return groups
+
+
+def member_steps(runs: list[Run], datasets: dict) -> int:
+    """Optimizer steps of every run of the sweep, summed (a pack's members count one each)."""
+    from bncompare.engines.common import data_key
+    from bncompare.schedule import Schedule
+
+    return sum(Schedule.for_run(run.params, len(datasets[data_key(run)].x_train)).total_steps
+               for run in runs)
+
+
+def choose_jobs(runs: list[Run], datasets: dict, jobs: int | None, available: int | None = None
+                ) -> tuple[int, str]:
+    """How many worker processes train `runs` (1: this process) and why, for `--jobs N` or
+    `--jobs auto` (None): the machine's cores, as many as there are groups to train."""
+    from bncompare import engines
+
+    if jobs is not None:
+        return jobs, f"--jobs {jobs}"
+    available = available or cores()
+    groups = len(spread(engines.plan(runs, backend_name()), available))
+    workers = min(available, groups)
+    steps = member_steps(runs, datasets)
+    if workers <= 1 or steps < AUTO_MIN_STEPS:
+        why = ("one core" if available == 1 else "one group to train" if groups == 1
+               else f"{steps:,} steps: faster than starting workers")
+        return 1, f"--jobs auto: this process ({why})"
+    return workers, f"--jobs auto: {workers} worker processes ({available} cores, {groups} groups)"
 
 
 def visible_gpus() -> list[str]:
@@ -51,67 +118,117 @@ def worker_environment(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {}
 
 
-class _Forward(Listener):
-    """In a worker: sends training events to the parent's display."""
+class Forward(Listener):
+    """Where training happens elsewhere: sends its events, as (kind, worker, slot, payload), to the
+    process that keeps the display. `slot` is the member's slot in the worker's group."""
 
-    def __init__(self, events, slot: int):
-        self.events, self.slot, self.last_step = events, slot, 0.0
+    def __init__(self, send, worker: int):
+        self.send, self.worker, self.last_step = send, worker, 0.0
+
+    def _put(self, kind: str, slot: int, payload: Any) -> None:
+        self.send((kind, self.worker, slot, payload))
 
     def started(self, run, schedule, slot: int = 0) -> None:
-        self.events.put(("started", self.slot, (run, schedule)))
+        self._put("started", slot, (run, schedule))
 
     def compiling(self, run, slot: int = 0) -> None:
-        self.events.put(("compiling", self.slot, run))
+        self._put("compiling", slot, run)
 
     def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
         now = time.monotonic()
         if now - self.last_step >= 1 / STEP_EVENTS_PER_SECOND:
             self.last_step = now
-            self.events.put(("step", self.slot, (step, loss, accuracy)))
+            self._put("step", slot, (step, loss, accuracy))
 
     def point(self, point: dict[str, Any], slot: int = 0) -> None:
-        self.events.put(("point", self.slot, point))
+        self._put("point", slot, point)
 
     def run_finished(self, outcome: Outcome, slot: int = 0) -> None:
-        self.events.put(("finished", self.slot, outcome))
+        self._put("finished", slot, outcome)
 
     def warning(self, run, text: str, slot: int = 0) -> None:
-        self.events.put(("warning", self.slot, (run, text)))
+        self._put("warning", slot, (run, text))
+
+
+def relay(display: Listener, kind: str, slot: Any, payload: Any) -> bool:
+    """Show a training event from elsewhere on `display`; False when `kind` is not one."""
+    if kind == "compiling":
+        display.compiling(payload, slot=slot)
+    elif kind == "started":
+        display.started(*payload, slot=slot)
+    elif kind == "step":
+        display.step(*payload, slot=slot)
+    elif kind == "point":
+        display.point(payload, slot=slot)
+    elif kind == "warning":
+        display.warning(*payload, slot=slot)
+    elif kind == "finished":
+        display.run_finished(payload, slot=slot)
+    else:
+        return False
+    return True
+
+
+def _watch_parent() -> None:
+    """Ask this worker to stop (its runs saved as interrupted) when its parent dies, SIGKILL
+    included: nobody would read its results, and it would train the rest of the sweep for no one."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # readable once the parent is gone
+        if not interrupts.requested():  # a second signal would mean "stop at once"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _worker(slot: int, environment: dict[str, str], out: Path, device: str, force: bool,
-            tasks, events) -> None:
-    """One worker process: train groups from `tasks` until the queue says stop or an interrupt."""
+            connection) -> None:
+    """One worker process: train the groups the parent hands out until it says stop or an interrupt."""
     os.environ.update(environment)
     from bncompare import engines, runner
     from bncompare.lifecycle import execute_group
 
+    def send(message) -> None:
+        try:
+            connection.send(message)
+        except OSError:  # the parent is gone: nobody to tell; the watcher stops this worker
+            pass
+
     # SIGINT is blocked (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
     # signals the whole process group, and the parent answers it by sending each worker one
     # SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
-    listener = _Forward(events, slot)
+    listener = Forward(send, slot)
     busy: list[Run] = []  # runs another process was training: waited for once the queue is empty
     stopped = False
     with interrupts.stop_at_safe_points((signal.SIGTERM,)):
+        _watch_parent()
         try:
-            while (group := tasks.get()) is not None:
+            while True:
+                interrupts.check()
+                send(("next", slot, 0, None))
+                group = connection.recv()
+                if group is None:
+                    break
                 engine, runs = group
-                events.put(("took", slot, runs))
+                send(("took", slot, 0, runs))
                 interrupts.check()
                 prepared = runner.prepare(runs, device)  # cheap after the first: data is cached
                 done = execute_group(engines.get(engine), runs, out,
                                      prepared.datasets[runner.data_key(runs[0])],
                                      prepared.environment, listener, force)
                 busy += [o.run for o in done if o.status == "busy"]
-        except KeyboardInterrupt:  # InterruptedGroup too: its outcomes were reported
+        except (KeyboardInterrupt, EOFError):  # InterruptedGroup too; EOFError: the parent is gone
             stopped = True
         except Exception as e:  # noqa: BLE001 - tell the parent instead of dying silently
-            events.put(("crashed", slot, f"{type(e).__name__}: {e}"))
+            send(("crashed", slot, 0, f"{type(e).__name__}: {e}"))
             stopped = True
-    if busy and not stopped:  # outcomes reach the parent through the listener, as above
-        runner.execute(busy, out, runner.prepare(busy, device), listener,
-                       signals=(signal.SIGTERM,))  # SIGINT stays blocked, as above
-    events.put(("exit", slot, None))
+        if busy and not stopped:  # outcomes reach the parent through the listener, as above
+            runner.execute(busy, out, runner.prepare(busy, device), listener,
+                           signals=(signal.SIGTERM,))  # SIGINT stays blocked, as above
+    send(("exit", slot, 0, None))
 
 
 def backend_name() -> str:
@@ -121,8 +238,8 @@ def backend_name() -> str:
 
 def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: str,
                      force: bool = False) -> tuple[list[Outcome], bool]:
-    """Train `runs` in `jobs` worker processes, group by group (engines.plan: packs and vmap groups
-    stay whole); return an Outcome per run (in run order) and whether the sweep was interrupted.
+    """Train `runs` in `jobs` worker processes, group by group (engines.plan, then `spread`);
+    return an Outcome per run (in run order) and whether the sweep was interrupted.
 
     Every run ends with an outcome: a run a worker took but never reported is `interrupted` when the
     sweep was stopped, else `failed` (its worker died); a run no worker reached is `not_started`
@@ -130,17 +247,13 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
     """
     from bncompare import engines
 
-    groups = engines.plan(runs, backend_name())
+    groups = [(g.engine, g.runs) for g in spread(engines.plan(runs, backend_name()), jobs)]
     context = multiprocessing.get_context("spawn")  # fork would copy a half-initialised backend
-    tasks, events = context.Queue(), context.Queue()
-    for group in groups:
-        tasks.put((group.engine, group.runs))
-    for _ in range(jobs):
-        tasks.put(None)
     gpus = visible_gpus() if device != "cpu" else []
+    pipes = [context.Pipe() for _ in range(jobs)]
     workers = [context.Process(target=_worker, name=f"bncompare-worker-{slot}",
                                args=(slot, worker_environment(slot, jobs, gpus), out, device, force,
-                                     tasks, events))
+                                     pipes[slot][1]))
                for slot in range(jobs)]
     # Workers start with SIGINT blocked (a signal mask survives fork and exec): Ctrl-C while they
     # import would otherwise print their tracebacks; the parent stops them with SIGTERM instead.
@@ -152,41 +265,51 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
             worker.start()
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for _, child_end in pipes:
+        child_end.close()  # the workers hold it: their death reads as EOF here
+    connections = {pipes[slot][0]: slot for slot in range(jobs)}
     display.sweep_started(runs)
     outcomes: dict[tuple[str, str], Outcome] = {}
-    taken: dict[int, list[Run]] = {}  # slot -> the runs of the group it is on
+    taken: dict[int, list[Run]] = {}  # worker -> the runs of the group it is on
     running = set(range(jobs))
     interrupted = False
 
-    def handle(kind: str, slot: int, payload: Any) -> None:
-        if kind == "took":
-            taken[slot] = payload
-        elif kind == "compiling":
-            display.compiling(payload, slot=slot)
-        elif kind == "started":
-            display.started(*payload, slot=slot)
-        elif kind == "step":
-            display.step(*payload, slot=slot)
-        elif kind == "point":
-            display.point(payload, slot=slot)
-        elif kind == "warning":
-            display.warning(*payload, slot=slot)
-        elif kind == "finished":
-            outcomes[key(payload.run)] = payload
-            display.run_finished(payload, slot=slot)
+    def handle(kind: str, worker: int, slot: int, payload: Any) -> None:
+        if kind == "next":
+            reply = groups.pop(0) if groups and not interrupted else None
+            try:
+                pipes[worker][0].send(reply)
+            except OSError:  # it died meanwhile: found below
+                pass
+        elif kind == "took":
+            taken[worker] = payload
         elif kind == "crashed":
-            lost(slot, payload)
+            lost(worker, payload)
         elif kind == "exit":
-            running.discard(slot)
-            taken.pop(slot, None)
+            running.discard(worker)
+            taken.pop(worker, None)
+        else:
+            if kind == "finished":
+                outcomes[key(payload.run)] = payload
+            relay(display, kind, (worker, slot), payload)
 
-    def lost(slot: int, why: str) -> None:
-        running.discard(slot)
-        for run in taken.pop(slot, []):
+    def lost(worker: int, why: str) -> None:
+        running.discard(worker)
+        for member, run in enumerate(taken.pop(worker, [])):
             if key(run) not in outcomes:  # its metrics.json says running; readers see interrupted
                 outcomes[key(run)] = Outcome(run, "interrupted" if interrupted else "failed",
-                                             note=f"worker {slot} {why}")
-                display.run_finished(outcomes[key(run)], slot=slot)
+                                             note=f"worker {worker} {why}")
+                display.run_finished(outcomes[key(run)], slot=(worker, member))
+
+    def receive(timeout: float) -> None:
+        for connection in multiprocessing.connection.wait(
+                [c for c, w in connections.items() if w in running], timeout=timeout):
+            worker = connections[connection]
+            try:
+                handle(*connection.recv())
+            except (EOFError, OSError):  # the worker is gone, with or without saying so
+                workers[worker].join(timeout=5)
+                lost(worker, f"died (exit code {workers[worker].exitcode})")
 
     deadline = math.inf
     with interrupts.stop_at_safe_points():
@@ -197,12 +320,7 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
                     for worker in workers:
                         if worker.is_alive():
                             os.kill(worker.pid, signal.SIGTERM)
-                try:
-                    handle(*events.get(timeout=0.5))
-                except queue.Empty:
-                    for slot in list(running):
-                        if not workers[slot].is_alive():
-                            lost(slot, f"died (exit code {workers[slot].exitcode})")
+                receive(0.5)
         except KeyboardInterrupt:  # asked twice: stop now; runs in flight read as interrupted
             interrupted = True
         interrupted = interrupted or interrupts.requested()
@@ -210,15 +328,16 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
         worker.join(timeout=5)
         if worker.is_alive():
             worker.kill()
-    while True:  # events sent after the loop ended (a last outcome) still count
-        try:
-            kind, slot, payload = events.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            break
-        if kind == "finished":
-            outcomes[key(payload.run)] = payload
-    for slot in list(taken):
-        lost(slot, "stopped before reporting")
+            worker.join()
+    # Events sent after the loop ended (a last outcome) still count; each round reads one event
+    # of a worker or finds it gone.
+    while running and multiprocessing.connection.wait(
+            [c for c, w in connections.items() if w in running], timeout=0):
+        receive(0)
+    for worker in list(taken):
+        lost(worker, "stopped before reporting")
+    for connection in connections:
+        connection.close()
     result = []
     for run in runs:
         if key(run) not in outcomes:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bncompare import __version__, interrupts
 from bncompare.config import Run
@@ -23,7 +23,7 @@ from bncompare.lifecycle import InterruptedGroup, Listener, Outcome, execute_gro
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-__all__ = ["Outcome", "Prepared", "prepare", "execute", "exit_code", "data_key", "not_started"]
+__all__ = ["Outcome", "Prepared", "prepare", "execute", "sweep", "exit_code", "data_key", "not_started"]
 
 
 @dataclass
@@ -151,7 +151,16 @@ def not_started(runs: list[Run]) -> list[Outcome]:
 def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *,
             force: bool = False, signals: tuple[int, ...] = interrupts.SIGNALS
             ) -> tuple[list[Outcome], bool]:
-    """Train every run that is not finished yet, group by group; stop at the first interrupt.
+    """Train every run that is not finished yet in this process, group by group (see `sweep`)."""
+    return sweep(runs, out, display, lambda todo, force: _train_groups(todo, out, prepared, display, force),
+                 force=force, signals=signals)
+
+
+def sweep(runs: list[Run], out: Path, display: Listener,
+          train: Callable[[list[Run], bool], tuple[list[Outcome], bool]], *, force: bool = False,
+          signals: tuple[int, ...] = interrupts.SIGNALS) -> tuple[list[Outcome], bool]:
+    """Train `runs` with `train(runs, force) -> (an Outcome per run, interrupted)`, on whichever
+    executor it uses; stop at the first interrupt.
 
     A run another process is training ("busy") is waited for at the end, then skipped if that
     process finished it, or trained here if it failed or was interrupted: every run of this
@@ -164,7 +173,7 @@ def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *
     todo, interrupted = list(runs), False
     with interrupts.stop_at_safe_points(signals):
         while todo and not interrupted:
-            done, interrupted = _train_groups(todo, out, prepared, display, force)
+            done, interrupted = train(todo, force)
             for outcome in done:
                 outcomes[index[id(outcome.run)]] = outcome
             todo = [o.run for o in done if o.status == "busy"]

@@ -8,7 +8,8 @@
 #   CONFIG      default configs/mnist.yaml        OUT_DIR   default results/sweep_lr
 #               (its own directory: the sweep's runs do not mix with `bncompare run CONFIG`'s in
 #               results/, where a plot would read their other differences, e.g. epochs, as a sweep)
-#   --parallel  start every learning rate at once (`&` + `wait`) instead of one after another
+#   --parallel  start every learning rate at once (`&` + `wait`, each `--jobs 1`) instead of one
+#               after another
 #   LRS         environment variable: the learning rates, default "0.001 0.01 0.1 1.0"
 #   options     passed on to every `bncompare run`, e.g. --set model.hidden=[512,256] --quiet
 #
@@ -47,9 +48,14 @@ finish() {  # wait for one child (a trapped signal interrupts `wait`: wait again
     [ $rc -gt $worst ] && worst=$rc
 }
 
+# With --parallel the rates already share the machine's cores: one process each, not one per core
+# each (--jobs auto); an explicit --jobs among the options still wins (the last one counts).
+jobs=()
+if [ $parallel = 1 ]; then jobs=(--jobs 1); fi
+
 for lr in $lrs; do
     [ $interrupted = 1 ] && break
-    bncompare run "$config" --out "$out" --set "train.learning_rate=$lr" "$@" &
+    bncompare run "$config" --out "$out" --set "train.learning_rate=$lr" ${jobs[@]+"${jobs[@]}"} "$@" &
     pids+=($!)
     if [ $parallel = 0 ]; then finish $!; pids=(); fi
 done

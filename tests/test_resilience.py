@@ -2,7 +2,8 @@
 run side by side, diverging, and writing to a read-only or full disk; plus scripts/sweep_lr.sh.
 
 Every subprocess pays the TensorFlow import (seconds on a busy CPU), so each test starts as few as it
-can and checks many things on one results directory. Models are tiny, data synthetic.
+can and checks many things on one results directory, and those tests are in the slow tier. Models
+are tiny, data synthetic.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def assert_complete(data: dict, points: int = POINTS, every: int = 2) -> None:
 # ---- processes killed, interrupted, run side by side ------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_parallel_rerun_trains_each_missing_run_once(tmp_path: Path) -> None:
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     runs = load_runs([tmp_path / "sweep.yaml"])
@@ -174,11 +176,12 @@ record: {eval_every: 2}
 """
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_the_run_as_interrupted_and_exit_130(tmp_path: Path) -> None:
     (tmp_path / "long.yaml").write_text(INTERRUPTIBLE)
     first, second = load_runs([tmp_path / "long.yaml"])
     signals = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}  # both at once: one wait
-    procs = {name: start("run", "long.yaml", "--out", name, cwd=tmp_path) for name in signals}
+    procs = {name: start("run", "long.yaml", "--out", name, "--jobs", "1", cwd=tmp_path) for name in signals}
     for name, proc in procs.items():
         wait_for_points(proc, tmp_path / name / "long" / first.run_id / METRICS_FILE, 2)
         proc.send_signal(signals[name])
@@ -206,6 +209,7 @@ record: {eval_every: 1}
 """
 
 
+@pytest.mark.slow
 def test_plain_sgd_with_a_huge_learning_rate_diverges_and_the_sweep_goes_on(tmp_path: Path) -> None:
     (tmp_path / "div.yaml").write_text(DIVERGING)
     blown, fine = load_runs([tmp_path / "div.yaml"])
@@ -253,6 +257,7 @@ record: {{eval_every: 2}}
 """
 
 
+@pytest.mark.slow
 def test_read_only_and_full_results_dirs_fail_the_run_naming_the_path(tmp_path: Path) -> None:
     # Root ignores file modes (chmod 0o555 stops nothing), so the read-only directory is a tmpfs
     # remounted read-only (EROFS for everyone), and the full disk is a tiny tmpfs filled up.
@@ -454,6 +459,7 @@ variants: {no_bn: {}}
 """
 
 
+@pytest.mark.slow
 def test_sweep_lr_script_runs_parallel_jobs_into_one_results_dir(tmp_path: Path) -> None:
     (tmp_path / "shell.yaml").write_text(SHELL_SWEEP)
     script = ROOT / "scripts" / "sweep_lr.sh"
