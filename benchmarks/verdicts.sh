@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every verdict row of the README's "What BatchNorm changes" table, re-measured so that it can carry
-# its words: 5 seeds per row; PreciseBN next to the moving averages wherever BN's lag warning fires
-# (an eval point before step 299 at bn_momentum 0.99); the normaliser and residual comparisons at
-# budgets where every BN-family normaliser's moving averages have converged (300+ steps at every
-# batch size); the Bjorck et al. 2018 row with each variant at its own best learning rate, chosen on
-# held-out validation data and reported on the test split (`compare --tune`, `record.test`).
+# Every verdict row of the README's "What BatchNorm changes" table (docs/findings.md), as measured for
+# this release: 5 seeds per row; PreciseBN wherever a run's final eval point comes before step 299
+# (where BN's moving averages at bn_momentum 0.99 still give their start more than 5% of their
+# weight), read with `--metric val_accuracy_precise`; the normaliser and residual comparisons at
+# budgets where every BN-family normaliser's moving averages have converged (600-1,000 steps); the
+# Bjorck et al. 2018 row with each variant at its own best learning rate, chosen on held-out
+# validation data and reported on the test split (`compare --tune`, `record.test`).
 #
 #   bash benchmarks/verdicts.sh [OUT_DIR]      (default results/verdicts; re-running trains only
 #                                               what is missing, as `bncompare run` always does)
@@ -12,12 +13,11 @@
 # Each row is one `bncompare run` followed by the `bncompare compare` that gives the row; the
 # comparison is printed and saved as OUT_DIR/<row>.md (markdown), and the row's wall time is printed
 # with the 1-minute load average. Every row's compare table names its seeds, and reads "cannot tell
-# at n seeds (about N would)" where the Holm-adjusted rank test does not exclude 0 (Holm over the
-# rows of that one compare).
+# at n seeds (about N would)" where its Holm-adjusted test (over the rows of that one compare) does
+# not exclude 0 (docs/compare.md).
 #
-# Takes: about 60 minutes on an idle 2-core CPU, estimated per row (the minutes after each row's
-# name) from the configs' own "Takes:" comments scaled to the row's steps, runs and eval points;
-# nothing here was timed on a shared machine. The README's numbers must come from one machine: the
+# Takes: 62 minutes on a 2-core CPU shared with other work (load 4-9), `--jobs 2`; the minutes after
+# each row's name are that measurement's. The README's numbers must come from one machine: the
 # script starts by printing the CPU and instruction set that metrics.json records (`environment`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,72 +42,69 @@ verdict() {  # NAME EXPERIMENT [COMPARE OPTIONS...]: the row's comparison, print
 }
 
 train() {  # bncompare run ..., into OUT; a failed run is reported, the other rows still run
-    bncompare run "$@" --out "$OUT" --quiet || { echo "bncompare run $*: exit $?"; status=1; }
+    bncompare run "$@" --out "$OUT" --quiet --jobs 2 || { echo "bncompare run $*: exit $?"; status=1; }
 }
 
 mkdir -p "$OUT"
 python -c 'from bncompare.backend import cpu; print("machine:", cpu())' | tee "$OUT/machine.txt"
 
-row convergence 2   # 10 runs, 626 steps; eval points from step 50 (lag): PreciseBN for the curves
-train configs/convergence.yaml --set data.train_limit=10000 --set train.epochs=2 \
-    --set record.eval_every=50 --set "$SEEDS" --set "$PRECISE"
-verdict convergence convergence
+row normalizers 6.3   # 105 runs of 1,000 steps on all 60,000 images: converged moving averages
+train configs/normalizers.yaml --set train.steps=1000 --set "$SEEDS"
+verdict normalizers normalizers
 
-row ioffe2015_fig1 3   # 10 runs, 5,000 steps; the step-250 numbers are lagged: PreciseBN
-train configs/ioffe2015_fig1.yaml --set train.steps=5000 --set record.eval_every=250 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict ioffe2015_fig1 ioffe2015_fig1
+row residual 12.4   # 100 runs of 600 steps: converged moving averages
+train configs/residual.yaml --set data.train_limit=10000 --set train.steps=600 --set "$SEEDS"
+verdict residual residual
+verdict residual-depth24 residual --baseline res_no_bn --where model.depth=24
 
-row learning_rates 4   # 100 runs of 94 steps: read with PreciseBN
-train configs/learning_rates.yaml --set data.train_limit=3000 --set train.epochs=1 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict learning_rates learning_rates --metric val_accuracy_precise
+row santurkar2018 5.7   # 15 runs of 2,000 steps with the landscape and ICS probes
+train configs/santurkar2018.yaml --set train.steps=2000 --set data.train_limit=10000 --set "$SEEDS"
+verdict santurkar2018 santurkar2018
 
-row bjorck2018 4   # 50 runs of 313 steps (relu): each variant at its own best learning rate
-train configs/learning_rates.yaml --set name=bjorck2018 --set model.activation=relu \
-    --set data.validation=0.1 --set record.test=true --set data.train_limit=10000 \
-    --set train.epochs=1 --set "$SEEDS"
-verdict bjorck2018 bjorck2018 --tune train.learning_rate --metric test_accuracy
+row fashion_cnn 10.8   # 10 runs of 94 steps: PreciseBN (the moving averages collapse here)
+train configs/fashion_cnn.yaml --set data.train_limit=3000 --set train.epochs=2 --set "$SEEDS" \
+    --set record.eval_every=20 --set "record.bn_eval=[moving,precise,batch]" --set record.train_eval=3000
+verdict fashion_cnn fashion_cnn --metric val_accuracy_precise
+verdict fashion_cnn-moving fashion_cnn --metric val_accuracy
 
-row initialization 5   # 30 runs, 626 steps; eval points from step 100 (lag): PreciseBN
-train configs/initialization.yaml --set data.train_limit=10000 --set "$SEEDS" --set "$PRECISE"
-verdict initialization initialization
+row depth 5.8   # 40 runs of 188 steps: PreciseBN
+train configs/depth.yaml --set data.train_limit=3000 --set "$SEEDS" --set "$PRECISE" --set record.gradients=false
+verdict depth depth --metric val_accuracy_precise
 
-row regularization 5   # 20 runs, 940 steps; train_eval: the gap in inference mode
-train configs/regularization.yaml --set data.train_limit=3000 --set train.epochs=10 \
-    --set record.train_eval=3000 --set "$SEEDS" --set "$PRECISE"
-verdict regularization regularization
-
-row stability 3   # 30 runs, 314 steps; eval points from step 100 (lag): PreciseBN
-train configs/stability.yaml --set data.train_limit=5000 --set train.epochs=2 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict stability stability
-
-row batch_size 4.5   # 50 runs; batch 256 trains 8 steps: read with PreciseBN
+row batch_size 4.2   # 50 runs; batch 256 trains 8 steps: PreciseBN
 train configs/batch_size.yaml --set data.train_limit=1000 --set "$SEEDS" --set "$PRECISE"
 verdict batch_size batch_size --metric val_accuracy_precise
 
-row depth 3   # 40 runs of 188 steps: read with PreciseBN
-train configs/depth.yaml --set data.train_limit=3000 --set "$SEEDS" --set "$PRECISE"
-verdict depth depth --metric val_accuracy_precise
+row regularization 3.4   # 20 runs, 940 steps; train_eval: the gap in inference mode
+train configs/regularization.yaml --set data.train_limit=3000 --set train.epochs=10 --set "$SEEDS" \
+    --set record.train_eval=3000
+verdict regularization regularization
 
-row fashion_cnn 3   # 10 runs of 94 steps: read with PreciseBN (the moving averages collapse here)
-train configs/fashion_cnn.yaml --set data.train_limit=3000 --set train.epochs=2 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict fashion_cnn fashion_cnn --metric val_accuracy_precise
+row ioffe2015_fig1 3.4   # 10 runs, 5,000 steps
+train configs/ioffe2015_fig1.yaml --set train.steps=5000 --set record.eval_every=250 --set "$SEEDS"
+verdict ioffe2015_fig1 ioffe2015_fig1
 
-row normalizers 10   # 105 runs of 300 steps at batch 4, 32 and 256: converged moving averages
-train configs/normalizers.yaml --set train.steps=300 --set record.eval_every=300 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict normalizers normalizers
+row learning_rates 3.5   # 100 runs of 94 steps: PreciseBN
+train configs/learning_rates.yaml --set data.train_limit=3000 --set train.epochs=1 --set "$SEEDS" --set "$PRECISE"
+verdict learning_rates learning_rates --metric val_accuracy_precise
 
-row residual 8   # 100 runs of 314 steps: converged moving averages; residual + BN against residual
-train configs/residual.yaml --set data.train_limit=5000 --set "$SEEDS" --set "$PRECISE"
-verdict residual residual --baseline res_no_bn
+row bjorck2018 2.2   # 50 runs of 626 steps (relu): each variant at its own best learning rate
+train configs/learning_rates.yaml --set name=bjorck2018 --set model.activation=relu \
+    --set data.validation=0.1 --set record.test=true --set data.train_limit=10000 \
+    --set train.epochs=2 --set "$SEEDS"
+verdict bjorck2018 bjorck2018 --tune train.learning_rate --metric test_accuracy
 
-row santurkar2018 5.5   # 15 runs of 1,000 steps with the landscape and ICS probes
-train configs/santurkar2018.yaml --set train.steps=1000 --set data.train_limit=10000 \
-    --set "$SEEDS" --set "$PRECISE"
-verdict santurkar2018 santurkar2018
+row convergence 1.2   # 10 runs, 626 steps
+train configs/convergence.yaml --set data.train_limit=10000 --set train.epochs=2 \
+    --set record.eval_every=50 --set "$SEEDS"
+verdict convergence convergence
+
+row initialization 1.7   # 30 runs, 626 steps
+train configs/initialization.yaml --set data.train_limit=10000 --set "$SEEDS"
+verdict initialization initialization
+
+row stability 2.4   # 30 runs, 314 steps
+train configs/stability.yaml --set data.train_limit=5000 --set train.epochs=2 --set "$SEEDS"
+verdict stability stability
 
 exit $status
