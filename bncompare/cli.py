@@ -165,6 +165,7 @@ def run(
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Train interrupted runs from step 0 instead of resuming them from their checkpoint.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress; print only the final summary line and errors.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible).")] = 1,
@@ -211,6 +212,10 @@ def run(
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
+    if restart:
+        from bncompare.lifecycle import discard_partial
+
+        discard_partial(runs, out)
     live = stdout.is_terminal and not quiet
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
