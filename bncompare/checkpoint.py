@@ -35,6 +35,7 @@ Design
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -101,6 +102,8 @@ def load(run_dir: Path, ident: dict[str, Any]) -> tuple[Checkpoint | None, str |
     except FileNotFoundError:
         return None, None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, f"{CHECKPOINT_FILE} is a symbolic link, which is never followed"
         return None, f"{CHECKPOINT_FILE} cannot be read ({e.strerror or e})"
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

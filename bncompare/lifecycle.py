@@ -287,6 +287,7 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
     try:
         # Members resuming at different steps (a kill between two members' checkpoint writes, or
         # a run added to the sweep) cannot share batches: each step trains as its own group.
+        # Partitioned groups do not mix with each other's sizes either (see _by_resume_step).
         for part in _by_resume_step(members):
             seconds = engine.train(part, data) or 0.0
             compile_seconds.update({id(member.recorder): seconds for member in part})
@@ -325,10 +326,13 @@ def resume_point(run_dir: Path, identity: dict[str, Any]) -> tuple[Checkpoint | 
 
 
 def _by_resume_step(members: list[Member]) -> list[list[Member]]:
-    """The members grouped by the step they start from, in order of first appearance."""
-    parts: dict[int, list[Member]] = {}
+    """The members grouped by the step they start from and the size of the group they were
+    trained in (the vmap engine pads a resumed group to it), in order of first appearance."""
+    parts: dict[tuple, list[Member]] = {}
     for member in members:
-        parts.setdefault(member.resume.step if member.resume else 0, []).append(member)
+        saved = member.resume
+        key = (saved.step, (saved.metrics.get("engine") or {}).get("members")) if saved else (0, None)
+        parts.setdefault(key, []).append(member)
     return list(parts.values())
 
 

@@ -245,9 +245,19 @@ class _Group:
         # The last member's objects are the template every member's numbers are traced through:
         # the group key makes their structure (and weight decay on/off, momentum) the same for all.
         self.model, self.optimizer = model, optimizer
-        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states)
-        self.decay = jnp.asarray([m.run.params["train.weight_decay"] for m in members], jnp.float32)
-        self.active = np.ones(len(members), bool)
+        # A resumed group is padded to the size its members were trained at (idle copies of the
+        # first member): XLA rounds a vmapped program differently for different member counts, and
+        # the members that finished before the interruption are not trained again.
+        self.lanes = max([len(members)] + [(m.resume.metrics.get("engine") or {}).get("members", 0)
+                                           for m in members if m.resume is not None])
+        padding = self.lanes - len(members)
+        if padding:  # recorded, so that a second resume pads to the same size again
+            for member in members:
+                member.recorder.metrics.data["engine"] = {"name": NAME, "members": self.lanes}
+        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states, *[states[0]] * padding)
+        decays = [m.run.params["train.weight_decay"] for m in members]
+        self.decay = jnp.asarray(decays + decays[:1] * padding, jnp.float32)
+        self.active = np.arange(self.lanes) < len(members)
         self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -342,8 +352,8 @@ class _Group:
         import jax
 
         count = len(x) if count is None else count
-        loss_sum = np.zeros(len(self.members))
-        correct = np.zeros(len(self.members))
+        loss_sum = np.zeros(self.lanes)
+        correct = np.zeros(self.lanes)
         for xb, yb in _on_device(x, y, self.device, EVAL_BATCH_SIZE, count):
             call = self._program("eval", self._eval_function, self.state, xb, yb).result()
             losses, rights = jax.device_get(call(self.state, xb, yb))
@@ -362,9 +372,10 @@ class _Group:
         import jax
 
         per_epoch = self.schedule.steps_per_epoch
-        return jax.device_put(np.stack([
-            m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
-            for m in self.members]).astype(np.int32), self.device)
+        orders = [m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+                  for m in self.members]
+        orders += orders[:1] * (self.lanes - len(orders))
+        return jax.device_put(np.stack(orders).astype(np.int32), self.device)
 
     def _train(self) -> None:
         import jax
@@ -383,8 +394,8 @@ class _Group:
         resumed_at = self._restore()
         steps_per_call = self._first_steps_per_call()
         seconds = 0.0
-        interval_loss = np.zeros(len(self.members))
-        interval_correct = np.zeros(len(self.members))
+        interval_loss = np.zeros(self.lanes)
+        interval_correct = np.zeros(self.lanes)
         interval_examples = 0
         per_epoch = schedule.steps_per_epoch
         for first, last in schedule.chunks():
@@ -486,7 +497,7 @@ class _Group:
     def _first_steps_per_call(self) -> int:
         """Steps in the first call: CALL_SECONDS of arithmetic at a conservative rate."""
         rate = STEP_FLOPS_PER_SECOND.get(self.device.platform, STEP_FLOPS_PER_SECOND["gpu"])
-        flops = 6 * self.weights * self.batch * len(self.members)  # forward + backward, per step
+        flops = 6 * self.weights * self.batch * self.lanes  # forward + backward, per step
         return max(1, int(CALL_SECONDS * rate / flops))
 
 
