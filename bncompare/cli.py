@@ -173,7 +173,8 @@ def run(
     executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per run.")] = Executor.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray instance).")] = None,
 ) -> None:
-    """Train every run the configs expand to, skipping runs that already finished.
+    """Train every run the configs expand to, skipping runs that already finished and resuming
+    interrupted ones from their last checkpoint.
 
     Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json}. Exit code: 0 when every run
     completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.

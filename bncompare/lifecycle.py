@@ -39,6 +39,13 @@ from bncompare.schedule import Schedule
 EXPLOSION_FACTOR = 10.0
 START_PROBE = 1000
 EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
+# An eval point is checkpointed only when the training since the run's last checkpoint took at least
+# CHECKPOINT_SPACING times as long as writing that checkpoint did, so checkpoints cost at most about
+# 1/CHECKPOINT_SPACING of the training time. Writing one costs tens of milliseconds for the shipped
+# models (benchmarks/checkpoint_cost.py): more than a tiny model's eval interval, a few percent of a
+# shipped config's. A killed run then loses at most one eval interval or CHECKPOINT_SPACING writes'
+# time of training, whichever is longer.
+CHECKPOINT_SPACING = 10.0
 
 
 class Listener:
@@ -144,6 +151,7 @@ class Recorder:
         self.seconds_before = (seconds[-1] or 0.0) if resume and seconds else 0.0
         self.keep_checkpoint = bool(run.params.get("record.keep_checkpoint"))
         self.checkpoint_seconds = 0.0  # time spent writing checkpoints, for cost reports
+        self.checkpointed_at, self.last_write = self.seconds_before, 0.0  # see CHECKPOINT_SPACING
         self.instruments = Instruments(run.params, data, Path(run_dir))
         self.data = data
         self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
@@ -204,17 +212,25 @@ class Recorder:
                                              self.run.params, point["step"]))
         self.metrics.add_point(point, measured)
         self.listener.point(point, slot=self.slot)
-        if state is not None and (point["step"] < self.schedule.total_steps or self.keep_checkpoint):
-            self._checkpoint(point["step"], state)
+        if state is not None and self._checkpoint_due(point):
+            self._checkpoint(point, state)
         return True
 
-    def _checkpoint(self, step: int, state: Callable[[], tuple[list, Any]]) -> None:
+    def _checkpoint_due(self, point: dict[str, Any]) -> bool:
+        if point["step"] >= self.schedule.total_steps:  # the run ends here: kept or never read
+            return self.keep_checkpoint
+        trained = (point.get("seconds") or 0.0) - self.checkpointed_at
+        return trained >= CHECKPOINT_SPACING * self.last_write
+
+    def _checkpoint(self, point: dict[str, Any], state: Callable[[], tuple[list, Any]]) -> None:
         """Save the training state at this eval point (after metrics.json: see checkpoint.py)."""
         started = time.perf_counter()
         variables, torch_rng = state()
-        checkpoint.save(self.run_dir, self.identity,
-                        Checkpoint(step, variables, strict(self.metrics.data), self.lag_warned, torch_rng))
-        self.checkpoint_seconds += time.perf_counter() - started
+        checkpoint.save(self.run_dir, self.identity, Checkpoint(
+            point["step"], variables, strict(self.metrics.data), self.lag_warned, torch_rng))
+        self.last_write = time.perf_counter() - started
+        self.checkpoint_seconds += self.last_write
+        self.checkpointed_at = point.get("seconds") or 0.0
 
     def warn(self, text: str) -> None:
         """A warning in metrics.json and on the terminal."""
@@ -318,7 +334,9 @@ def resume_point(run_dir: Path, identity: dict[str, Any]) -> tuple[Checkpoint | 
     except UnreadableRun:
         status = None  # killed before its first metrics.json: the checkpoint cannot be from this try
     # "running" under our own claim: the process that wrote it died (SIGKILL, power loss).
-    if found is not None and status not in ("interrupted", "running"):
+    if status in FINISHED:  # retrained by --force: its kept checkpoint is the old run's end
+        found, why_not = None, None
+    elif found is not None and status not in ("interrupted", "running"):
         found, why_not = None, f"its checkpoint belongs to a run that ended {status or 'unrecorded'}"
     if found is None:
         checkpoint.remove(run_dir)

@@ -50,6 +50,13 @@ FLOAT16 = "variants.f16={model.batch_norm: true, train.precision: mixed_float16}
 KILLS = [(4, "checkpointed"), (8, "ahead"), (10, "checkpointed")]
 
 
+@pytest.fixture(autouse=True)
+def every_point(monkeypatch):
+    """A checkpoint at every eval point: these tiny runs train faster than a checkpoint is written,
+    which would space their checkpoints out (lifecycle.CHECKPOINT_SPACING, tested on its own)."""
+    monkeypatch.setattr("bncompare.lifecycle.CHECKPOINT_SPACING", 0.0)
+
+
 def on(backend: str):
     return pytest.mark.skipif(BACKEND != backend, reason=f"runs in test_other_backends' {backend} process")
 
@@ -164,7 +171,7 @@ def test_other_backends(backend):
 def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(config, tmp_path):
     """A real SIGKILL of `bncompare run` (fit: BN, dropout, Adam, mixed float16), whenever it lands
     after 3 points; the rerun continues from the last checkpoint."""
-    args = [str(config), "--quiet", "--set", "train.pack=off", "--set", "train.steps=60",
+    args = [str(config), "--quiet", "--set", "train.pack=off", "--set", "train.steps=100",
             "--set", "record.eval_every=4", "--set", "variants={f16: {model.batch_norm: true, "
             "model.dropout: 0.2, train.precision: mixed_float16}}"]
     out = tmp_path / "killed"
@@ -180,7 +187,7 @@ def test_sigkill_mid_run_then_rerun_continues_from_the_last_checkpoint(config, t
     finally:
         proc.wait()
     killed = metrics(out)["f16"]
-    assert killed["status"] == "running" and killed["history"]["step"][-1] < 60  # it died mid-run
+    assert killed["status"] == "running" and killed["history"]["step"][-1] < 100  # it died mid-run
     for where in (out, tmp_path / "whole"):
         result = CliRunner().invoke(app, ["run", *args, "--out", str(where)])
         assert result.exit_code == 0, (where, result.output)
@@ -254,3 +261,20 @@ def test_a_bad_checkpoint_is_never_used_and_restart_discards_a_good_one(config, 
     assert record["resumes"] == [] and record.get("warnings") == whole.get("warnings")
     kept, _ = checkpoint.load(run_dir, identity)
     assert kept.step == 12 and kept.metrics["history"]["step"][-1] == 12
+
+
+@on("tensorflow")
+def test_checkpoints_are_spaced_to_cost_a_tenth_of_training_at_most(config, tmp_path, monkeypatch):
+    """With writes far slower than an eval interval's training, only the first point is saved."""
+    monkeypatch.setattr("bncompare.lifecycle.CHECKPOINT_SPACING", 10.0)
+    steps, save = [], checkpoint.save
+
+    def slow_save(run_dir, identity, saved):
+        steps.append(saved.step)
+        time.sleep(1.0)  # the next one is due after 10 s of training; this run trains ~1 s
+        return save(run_dir, identity, saved)
+
+    monkeypatch.setattr("bncompare.checkpoint.save", slow_save)
+    overrides = ["variants={only: {}}", "train.pack=off"]
+    assert train(config, tmp_path, overrides, Listener()) == {"only": "completed"}
+    assert steps == [2]
