@@ -226,8 +226,13 @@ class Recorder:
         """Save the training state at this eval point (after metrics.json: see checkpoint.py)."""
         started = time.perf_counter()
         variables, torch_rng = state()
-        checkpoint.save(self.run_dir, self.identity, Checkpoint(
-            point["step"], variables, strict(self.metrics.data), self.lag_warned, torch_rng))
+        try:
+            checkpoint.save(self.run_dir, self.identity, Checkpoint(
+                point["step"], variables, strict(self.metrics.data), self.lag_warned, torch_rng))
+        except OSError as e:  # a full disk: the results matter more than resuming; train on
+            self.last_write = math.inf
+            self.warn(f"no more checkpoints: cannot write {e.filename}: {e.strerror or e}")
+            return
         self.last_write = time.perf_counter() - started
         self.checkpoint_seconds += self.last_write
         self.checkpointed_at = point.get("seconds") or 0.0
