@@ -175,6 +175,7 @@ def run(
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Train interrupted runs from step 0 instead of resuming them from their checkpoint.")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: a GPU if one is visible; gpu fails without one.")] = Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress; print only the final summary line and errors.")] = False,
     jobs: Annotated[str, typer.Option("--jobs", metavar="auto|N", help="Worker processes sharing the runs (each pinned to one GPU when GPUs are visible); auto: one per core, or this process for one group or a small sweep.")] = "auto",
@@ -182,7 +183,8 @@ def run(
     executor: Annotated[Executor, typer.Option("--executor", help="local: this machine (see --jobs); ray: one Ray task per group of runs.")] = Executor.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray instance).")] = None,
 ) -> None:
-    """Train every run the configs expand to, skipping runs that already finished.
+    """Train every run the configs expand to, skipping runs that already finished and resuming
+    interrupted ones from their last checkpoint.
 
     Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when
     every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
@@ -225,6 +227,10 @@ def run(
         raise fail("interrupted", EXIT_INTERRUPTED) from None
     if how and not quiet:
         stdout.print(how, highlight=False, soft_wrap=True)
+    if restart:
+        from bncompare.lifecycle import discard_partial
+
+        discard_partial(runs, out)
     live = stdout.is_terminal and not quiet
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:

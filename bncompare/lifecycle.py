@@ -16,15 +16,19 @@ A single run is a group of one.
 from __future__ import annotations
 
 import math
+import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from bncompare import __version__
+from bncompare import __version__, checkpoint
+from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
-                               claim_holder, now, read_run, remove_stale_temporaries, write_config)
+                               claim_holder, now, read_run, remove_stale_temporaries, strict,
+                               write_config)
 from bncompare.schedule import Schedule
 
 # A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
@@ -35,6 +39,13 @@ from bncompare.schedule import Schedule
 EXPLOSION_FACTOR = 10.0
 START_PROBE = 1000
 EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
+# An eval point is checkpointed only when the training since the run's last checkpoint took at least
+# CHECKPOINT_SPACING times as long as writing that checkpoint did, so checkpoints cost at most about
+# 1/CHECKPOINT_SPACING of the training time. Writing one costs tens of milliseconds for the shipped
+# models (benchmarks/checkpoint_cost.py): more than a tiny model's eval interval, a few percent of a
+# shipped config's. A killed run then loses at most one eval interval or CHECKPOINT_SPACING writes'
+# time of training, whichever is longer.
+CHECKPOINT_SPACING = 10.0
 
 
 class Listener:
@@ -121,14 +132,26 @@ class Recorder:
     """One run's record: its metrics.json and the divergence rules. Engines report to it."""
 
     def __init__(self, run: Run, run_dir: Path, schedule: Schedule, data, *, environment: dict[str, Any],
-                 engine: dict[str, Any], listener: Listener, slot: int):
+                 engine: dict[str, Any], listener: Listener, slot: int,
+                 resume: Checkpoint | None = None, identity: dict[str, Any] | None = None):
         from bncompare.instruments import Instruments  # NumPy only; Keras is imported when measuring
 
         self.run, self.schedule, self.listener, self.slot = run, schedule, listener, slot
+        self.run_dir = Path(run_dir)
         self.classes = data.classes
+        # With `resume`, the run continues from its checkpoint: history and series as they stood
+        # then, and the times of the earlier processes added to this one's (see `point`).
+        self.resume, self.identity = resume, identity
+        restored = resume.metrics if resume else None
         self.metrics = MetricsFile(run_dir, experiment=run.experiment, run_id=run.run_id,
                                    variant=run.variant, params=run.params, environment=environment,
-                                   engine=engine)
+                                   engine=engine, restored=restored, resumed_at=resume and resume.step)
+        self.first_point = len(self.metrics.data["history"]["step"])  # the first of this process
+        seconds = self.metrics.data["history"]["seconds"]
+        self.seconds_before = (seconds[-1] or 0.0) if resume and seconds else 0.0
+        self.keep_checkpoint = bool(run.params.get("record.keep_checkpoint"))
+        self.checkpoint_seconds = 0.0  # time spent writing checkpoints, for cost reports
+        self.checkpointed_at, self.last_write = self.seconds_before, 0.0  # see CHECKPOINT_SPACING
         self.instruments = Instruments(run.params, data, Path(run_dir))
         self.data = data
         self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
@@ -136,7 +159,7 @@ class Recorder:
         self.extra_evaluations = (set(params.get("record.bn_eval", ["moving"])) != {"moving"}
                                   or params.get("record.train_eval", 0) > 0
                                   or params.get("model.bn_variance", "biased") == "unbiased")
-        self.lag_warned = False
+        self.lag_warned = bool(resume and resume.lag_warned)
         self.model = None  # the last model an engine reported: the final one when training ends
         self.limit = math.inf
         self.status: str | None = None  # set when the run ends
@@ -151,7 +174,7 @@ class Recorder:
         self.listener.started(self.run, self.schedule, slot=self.slot)
         problem = self.instruments.start_session(self.run)
         if problem:
-            self._warn(problem)
+            self.warn(problem)
 
     def block(self, step: int, loss: float, accuracy: float) -> bool:
         """After a compiled call: the mean training loss and accuracy since the last eval point."""
@@ -164,14 +187,17 @@ class Recorder:
         return self.active
 
     def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
-              optimizer=None) -> bool:
+              optimizer=None, state: Callable[[], tuple[list, Any]] | None = None) -> bool:
         """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`
         training it, default `model.optimizer`), the run's instruments (`record.activations`,
-        `record.landscape`...) measure it first, on a snapshot: training is not changed."""
+        `record.landscape`...) measure it first, on a snapshot: training is not changed. With
+        `state` (() -> (variables, torch_rng), see checkpoint.py), the point is checkpointed."""
         if not self.active:
             return False
         self.model = model if model is not None else self.model
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
+        if self.seconds_before and point.get("seconds") is not None:
+            point["seconds"] = round(point["seconds"] + self.seconds_before, 3)
         if model is not None and self.extra_evaluations and not _bad(point.get("val_loss")):
             from bncompare.bn_eval import extra_history  # record.bn_eval, train_eval, bn_variance
 
@@ -191,7 +217,36 @@ class Recorder:
                                              self.run.params, point["step"]))
         self.metrics.add_point(point, measured)
         self.listener.point(point, slot=self.slot)
+        if state is not None and self._checkpoint_due(point):
+            self._checkpoint(point, state)
         return True
+
+    def _checkpoint_due(self, point: dict[str, Any]) -> bool:
+        if point["step"] >= self.schedule.total_steps:  # the run ends here: kept or never read
+            return self.keep_checkpoint
+        trained = (point.get("seconds") or 0.0) - self.checkpointed_at
+        return trained >= CHECKPOINT_SPACING * self.last_write
+
+    def _checkpoint(self, point: dict[str, Any], state: Callable[[], tuple[list, Any]]) -> None:
+        """Save the training state at this eval point (after metrics.json: see checkpoint.py)."""
+        started = time.perf_counter()
+        variables, torch_rng = state()
+        try:
+            checkpoint.save(self.run_dir, self.identity, Checkpoint(
+                point["step"], variables, strict(self.metrics.data), self.lag_warned, torch_rng))
+        except OSError as e:  # a full disk: the results matter more than resuming; train on
+            self.last_write = math.inf
+            self.warn(f"no more checkpoints: cannot write {e.filename}: {e.strerror or e}")
+            return
+        self.last_write = time.perf_counter() - started
+        self.checkpoint_seconds += self.last_write
+        self.checkpointed_at = point.get("seconds") or 0.0
+
+    def warn(self, text: str) -> None:
+        """A warning in metrics.json and on the terminal."""
+        self.metrics.data.setdefault("warnings", []).append(text)
+        self.metrics.save()
+        self.listener.warning(self.run, text, slot=self.slot)
 
     def _warn_lag(self, step: int) -> None:
         """Once per run: BN's moving averages still lean on their initial values (bn_eval.py)."""
@@ -202,12 +257,7 @@ class Recorder:
         text = lag_warning(self.run.params, step)
         if text:
             self.lag_warned = True
-            self._warn(text)
-
-    def _warn(self, text: str) -> None:
-        """A warning kept in the run's metrics.json and shown."""
-        self.metrics.data.setdefault("warnings", []).append(text)
-        self.listener.warning(self.run, text, slot=self.slot)
+            self.warn(text)
 
     def test_scores(self) -> dict[str, float]:
         """`record.test`: the final model's test_loss and test_accuracy on the test split, with the
@@ -235,6 +285,9 @@ class Recorder:
         self.metrics.finish(status, diverged_at=diverged_at, error=error, final=final)
         steps = self.metrics.data["history"].get("step") or [0]
         self.instruments.end_session(status, self.metrics.data.get("final") or {}, steps[-1])
+        # An interrupted run resumes from its checkpoint; no other end ever reads it again.
+        if status != "interrupted" and not self.keep_checkpoint:
+            checkpoint.remove(self.run_dir)
 
 
 @dataclass
@@ -245,6 +298,7 @@ class Member:
     schedule: Schedule
     recorder: Recorder
     slot: int
+    resume: Checkpoint | None = None  # the state it continues from (engines.common.restore)
 
 
 def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environment: dict[str, Any],
@@ -260,13 +314,27 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
     recorders = []
     for offset, (run, run_dir) in enumerate(zip(runs, run_dirs)):
         schedule = Schedule.for_run(run.params, len(data.x_train))
+        identity = checkpoint.identity(run, environment.get("backend", ""), engine.name)
+        resume, why_not = resume_point(run_dir, identity)
         recorders.append(Recorder(run, run_dir, schedule, data, environment=environment,
-                                  engine=engine_record, listener=listener, slot=first_slot + offset))
-    members = [Member(r.run, r.schedule, r, r.slot) for r in recorders]
+                                  engine=engine_record, listener=listener, slot=first_slot + offset,
+                                  resume=resume, identity=identity))
+        if why_not:
+            recorders[-1].warn(f"trains from step 0: {why_not}")
+        elif resume:
+            listener.warning(run, f"resumes at step {resume.step} from its checkpoint",
+                             slot=first_slot + offset)
+    members = [Member(r.run, r.schedule, r, r.slot, r.resume) for r in recorders]
     for member in members:
         listener.compiling(member.run, slot=member.slot)
+    compile_seconds: dict[int, float] = {}
     try:
-        compile_seconds = engine.train(members, data)
+        # Members resuming at different steps (a kill between two members' checkpoint writes, or
+        # a run added to the sweep) cannot share batches: each step trains as its own group.
+        # Partitioned groups do not mix with each other's sizes either (see _by_resume_step).
+        for part in _by_resume_step(members):
+            seconds = engine.train(part, data) or 0.0
+            compile_seconds.update({id(member.recorder): seconds for member in part})
         tested = [recorder.test_scores() for recorder in recorders]  # once per run, whatever the engine
     except KeyboardInterrupt:
         _finish_rest(recorders, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
@@ -278,9 +346,41 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
         return recorders
     for recorder, scores in zip(recorders, tested):
         recorder.finish("completed", final=scores)
-        if compile_seconds and recorder.status in FINISHED:
-            recorder.metrics.exclude_compile(compile_seconds)
+        seconds = compile_seconds.get(id(recorder))
+        if seconds and recorder.status in FINISHED:
+            recorder.metrics.exclude_compile(seconds, first=recorder.first_point)
     return recorders
+
+
+def resume_point(run_dir: Path, identity: dict[str, Any]) -> tuple[Checkpoint | None, str | None]:
+    """The checkpoint an unfinished run continues from, or (None, why it is not used: None when
+    there is nothing to say). The caller holds the run's claim."""
+    found, why_not = checkpoint.load(run_dir, identity)
+    if found is None and why_not is None:
+        return None, None
+    try:
+        status = read_run(run_dir).status
+    except UnreadableRun:
+        status = None  # killed before its first metrics.json: the checkpoint cannot be from this try
+    # "running" under our own claim: the process that wrote it died (SIGKILL, power loss).
+    if status in FINISHED:  # retrained by --force: its kept checkpoint is the old run's end
+        found, why_not = None, None
+    elif found is not None and status not in ("interrupted", "running"):
+        found, why_not = None, f"its checkpoint belongs to a run that ended {status or 'unrecorded'}"
+    if found is None:
+        checkpoint.remove(run_dir)
+    return found, why_not
+
+
+def _by_resume_step(members: list[Member]) -> list[list[Member]]:
+    """The members grouped by the step they start from and the size of the group they were
+    trained in (the vmap engine pads a resumed group to it), in order of first appearance."""
+    parts: dict[tuple, list[Member]] = {}
+    for member in members:
+        saved = member.resume
+        key = (saved.step, (saved.metrics.get("engine") or {}).get("members")) if saved else (0, None)
+        parts.setdefault(key, []).append(member)
+    return list(parts.values())
 
 
 def _finish_rest(recorders: list[Recorder], status: str, error: str) -> OSError | None:
@@ -342,6 +442,28 @@ def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Out
         claim.release()
         return run_dir, None, cannot_write(run, run_dir, e)
     return run_dir, claim, None
+
+
+def discard_partial(runs: list[Run], out: Path) -> int:
+    """`run --restart`: delete the checkpoints of unfinished runs that no live process is training,
+    so that they train from step 0; return how many were deleted."""
+    discarded = 0
+    for run in runs:
+        run_dir = out / run.experiment / run.run_id
+        if not os.path.lexists(run_dir / checkpoint.CHECKPOINT_FILE) or finished_record(run_dir):
+            continue  # a finished run's kept checkpoint is never resumed from: it stays
+        try:
+            claim = Claim.acquire(run_dir)
+        except OSError:
+            continue  # the run cannot be trained here either; its own error comes later
+        if claim is None:
+            continue  # a live process is training it: not a partial run
+        try:
+            checkpoint.remove(run_dir)
+            discarded += 1
+        finally:
+            claim.release()
+    return discarded
 
 
 def cannot_write(run: Run, run_dir: Path, error: OSError) -> Outcome:

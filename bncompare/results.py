@@ -229,15 +229,23 @@ class MetricsFile:
 
     def __init__(self, run_dir: Path, *, experiment: str, run_id: str, variant: str,
                  params: dict[str, Any], environment: dict[str, Any],
-                 engine: dict[str, Any] | None = None):
+                 engine: dict[str, Any] | None = None, restored: dict[str, Any] | None = None,
+                 resumed_at: int | None = None):
+        """A new run's file; with `restored` (the file as a checkpoint saved it), a run resumed at
+        step `resumed_at`: its history and series go on, `resumes` records the step."""
         self.path = Path(run_dir) / METRICS_FILE
         self.data: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "experiment": experiment, "run_id": run_id,
             "variant": variant, "status": "running", "engine": engine, "params": params,
             "history": {key: [] for key in HISTORY_KEYS},
             "final": {}, "diverged_at": None, "error": None, "environment": environment,
-            "started_at": now(), "finished_at": None,
+            "started_at": now(), "finished_at": None, "resumes": [],
         }
+        if restored is not None:
+            kept = {k: v for k, v in restored.items() if k not in self.data or k in (
+                "history", "started_at", "resumes", "warnings")}
+            self.data.update(kept)
+            self.data["resumes"] = [*restored.get("resumes", []), resumed_at]
         self.save()
 
     def save(self) -> None:
@@ -270,15 +278,16 @@ class MetricsFile:
         self.save()
 
 
-    def exclude_compile(self, seconds: float) -> None:
-        """Take compile time out of `history.seconds` and `final.train_seconds`, and record it.
+    def exclude_compile(self, seconds: float, first: int = 0) -> None:
+        """Take compile time out of `history.seconds` (from point `first` on: a resumed run's
+        earlier points were timed by another process) and `final.train_seconds`, and record it.
 
         Every eval point comes after the first compiled call, which held the compilation, so each
         cumulative time drops by the same amount.
         """
         history = self.data["history"]
-        history["seconds"] = [None if t is None else round(max(t - seconds, 0.0), 3)
-                              for t in history["seconds"]]
+        history["seconds"] = history["seconds"][:first] + [
+            None if t is None else round(max(t - seconds, 0.0), 3) for t in history["seconds"][first:]]
         final = self.data["final"]
         if final.get("train_seconds") is not None:
             final["train_seconds"] = history["seconds"][-1]
@@ -400,7 +409,7 @@ def _reject_constant(name: str) -> None:
 # Optional top-level fields and the types they must have when present (None is always allowed).
 _OPTIONAL_TYPES = {"experiment": str, "variant": str, "error": str, "diverged_at": dict,
                    "final": dict, "environment": dict, "engine": dict, "started_at": str,
-                   "finished_at": str}
+                   "finished_at": str, "resumes": list}
 
 
 def _type_problem(data: dict[str, Any]) -> str | None:

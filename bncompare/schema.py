@@ -436,6 +436,10 @@ SCHEMA: dict[str, Option] = {
     "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "
                                    "start from the untrained model; instruments measure it too)",
                                    boolean, added=2),
+    "record.keep_checkpoint": Option(False, "keep the last checkpoint of a finished run (a run "
+                                     "checkpoints at every eval point, so a killed run resumes "
+                                     "there; the checkpoint is deleted when the run ends)", boolean,
+                                     in_run_id=False, added=3),
     "record.landscape": Option(False, "Santurkar et al. 2018 loss-landscape probes at each eval "
                                "point: loss band, gradient predictiveness and effective "
                                "beta-smoothness along the gradient (costs 1 + len(landscape_factors) "

@@ -60,7 +60,7 @@ class FakeRecorder:
             self._diverge(step)
         return self.active
 
-    def point(self, point: dict[str, Any], blocks: dict | None = None) -> bool:
+    def point(self, point: dict[str, Any], blocks: dict | None = None, state=None) -> bool:
         from bncompare.lifecycle import explosion_limit
 
         assert self.active, "an inactive member must not be reported"
@@ -82,6 +82,7 @@ class FakeMember:
     recorder: FakeRecorder
     slot: int = 0
     extra: dict = field(default_factory=dict)
+    resume: Any = None  # no checkpoint: tests/test_resume.py resumes through the real lifecycle
 
 
 def make_run(seed: int = 0, **overrides: Any) -> Run:

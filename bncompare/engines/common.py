@@ -1,8 +1,11 @@
-"""What every engine shares: optimizers, compile settings, the start loss and an eval point."""
+"""What every engine shares: optimizers, compile settings, the start loss, an eval point, and a
+member's training state for its checkpoint (bncompare/checkpoint.py)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from bncompare.backend import import_keras
 from bncompare.config import Run
@@ -77,3 +80,56 @@ def evaluate_point(model, data: Dataset, schedule: Schedule, step: int, loss: fl
     return {"epoch": schedule.epoch_of(step), "step": step, "loss": loss, "accuracy": accuracy,
             "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
             "seconds": round(seconds, 3)}
+
+
+def training_variables(model, optimizer) -> list:
+    """Every variable training reads or writes, in the checkpoint's order (checkpoint.py)."""
+    return [*model.trainable_variables, *model.non_trainable_variables, *optimizer.variables]
+
+
+def training_state(model, optimizer) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """A member's state for its checkpoint: its variables' values and torch's global generator."""
+    keras = import_keras()
+    values = [keras.ops.convert_to_numpy(v.value) for v in training_variables(model, optimizer)]
+    return values, _torch_rng()
+
+
+def _torch_rng() -> np.ndarray | None:
+    """PyTorch's global generator state: unseeded Dropout and Keras's torch data loaders draw from it."""
+    if import_keras().backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_rng_state().numpy()
+
+
+def restore(member, model, optimizer) -> int:
+    """Load the member's checkpoint (if any) into its model and optimizer; the step it resumes at.
+
+    Called after the start loss is measured: that is the untrained model's, in either case."""
+    saved = member.resume
+    if saved is None:
+        return 0
+    if not optimizer.built:  # fit builds it in its first call; the slots must exist to be loaded
+        optimizer.build(model.trainable_variables)
+    variables = training_variables(model, optimizer)
+    check_shapes([tuple(v.shape) for v in variables], saved.variables, member.run.run_id)
+    for variable, value in zip(variables, saved.variables):
+        variable.assign(value)
+    restore_torch_rng(saved)
+    return saved.step
+
+
+def check_shapes(expected: list[tuple], saved: list[np.ndarray], run_id: str) -> None:
+    """A checkpoint that passed its identity checks yet does not fit the model is a bug, not bad
+    input: fail the run loudly rather than train something else."""
+    if [tuple(s) for s in expected] != [tuple(a.shape) for a in saved]:
+        raise ValueError(f"{run_id}: its checkpoint does not match the model it builds "
+                         f"(rerun with --restart to train it from step 0)")
+
+
+def restore_torch_rng(saved) -> None:
+    if saved.torch_rng is not None and import_keras().backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(saved.torch_rng.copy()))

@@ -17,8 +17,8 @@ from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.engines.common import (evaluate_point, jit_compile, make_optimizer,
-                                      start_loss, steps_per_execution)
+from bncompare.engines.common import (evaluate_point, jit_compile, make_optimizer, restore,
+                                      start_loss, steps_per_execution, training_state)
 from bncompare.lifecycle import Member, Stopwatch
 from bncompare.models import build_model, loss_function
 
@@ -77,6 +77,7 @@ class FitEngine:
                       steps_per_execution=steps_per_execution(params, backend),
                       jit_compile=jit_compile(params, backend))
         recorder.start(start_loss(model, data))
+        resumed_at = restore(member, model, model.optimizer)
         chunk = {"start": 0, "end": 0, "diverged": None}
 
         def after_batch(batch: int, logs: dict | None) -> None:
@@ -96,9 +97,11 @@ class FitEngine:
         watch = keras.callbacks.LambdaCallback(on_train_batch_end=after_batch)
         stopwatch = Stopwatch()
         interval_loss = interval_accuracy = interval_examples = 0.0
-        if schedule.is_eval(0):
+        if schedule.is_eval(0) and not resumed_at:
             recorder.point(evaluate_point(model, data, schedule, 0, None, None, 0.0), model=model)
         for first, last in schedule.chunks():
+            if last <= resumed_at:
+                continue
             indices = schedule.batch_indices(run.seed, first, last)
             chunk.update(start=first, end=last)
             started = time.perf_counter()
@@ -118,7 +121,8 @@ class FitEngine:
             point = evaluate_point(model, data, schedule, last, interval_loss / interval_examples,
                                    interval_accuracy / interval_examples, stopwatch.training)
             interval_loss = interval_accuracy = interval_examples = 0.0
-            if not recorder.point(point, model=model):
+            if not recorder.point(point, model=model,
+                                  state=lambda: training_state(model, model.optimizer)):
                 return stopwatch.compile
             interrupts.check()
         return stopwatch.compile

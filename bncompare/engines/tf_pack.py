@@ -27,7 +27,8 @@ from bncompare import interrupts
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.engines.common import data_key, make_optimizer, steps_per_execution
+from bncompare.engines.common import (data_key, make_optimizer, restore, steps_per_execution,
+                                      training_state)
 from bncompare.engines.fit import device_arrays
 from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE, Member, Stopwatch
 from bncompare.models import build_model, loss_function, per_example_loss
@@ -80,6 +81,9 @@ class TfPackEngine:
         starts = loop.evaluate([(x_train[:probe], y_train[:probe])])[0] / probe
         for member, start in zip(members, starts):
             member.recorder.start(float(start))
+        # The lifecycle groups members by the step they resume at: one step for all.
+        resumed_at = max(restore(m, model, optimizer) for m, model, optimizer
+                         in zip(members, models, optimizers))
 
         def evaluate_at(step: int, interval: np.ndarray | None, seconds: float) -> None:
             scores = loop.evaluate(validation)
@@ -90,16 +94,19 @@ class TfPackEngine:
                      "accuracy": None if interval is None else float(interval[1, i] / interval[2, 0]),
                      "val_loss": float(scores[0, i] / len(data.x_val)),
                      "val_accuracy": float(scores[1, i] / len(data.x_val)),
-                     "seconds": round(seconds, 3)}, model=models[i], optimizer=optimizers[i])
+                     "seconds": round(seconds, 3)}, model=models[i], optimizer=optimizers[i],
+                    state=lambda i=i: training_state(models[i], optimizers[i]))
 
         stopwatch = Stopwatch()
-        if schedule.is_eval(0):
+        if schedule.is_eval(0) and not resumed_at:
             evaluate_at(0, None, 0.0)
         # Training means are kept as fit keeps them, so they agree to the last bit: float32 sums per
         # chunk (one `fit` call), their float32 mean, then weighted by the chunk's examples in float64.
         interval = np.zeros((3, len(members)))  # loss x examples, accuracy x examples, examples
         examples, epoch_order = 0, (None, None)
         for first, last in schedule.chunks():
+            if last <= resumed_at:
+                continue
             epoch = first // schedule.steps_per_epoch
             if epoch_order[0] != epoch:
                 order = schedule.permutation(seed, epoch).astype(np.int32)

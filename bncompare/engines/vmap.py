@@ -49,7 +49,7 @@ from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
-from bncompare.engines.common import make_optimizer, steps_per_execution
+from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
 from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
 
 NAME = "vmap"
@@ -246,9 +246,19 @@ class _Group:
         # The last member's objects are the template every member's numbers are traced through:
         # the group key makes their structure (and weight decay on/off, momentum) the same for all.
         self.model, self.optimizer = model, optimizer
-        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states)
-        self.decay = jnp.asarray([m.run.params["train.weight_decay"] for m in members], jnp.float32)
-        self.active = np.ones(len(members), bool)
+        # A resumed group is padded to the size its members were trained at (idle copies of the
+        # first member): XLA rounds a vmapped program differently for different member counts, and
+        # the members that finished before the interruption are not trained again.
+        self.lanes = max([len(members)] + [(m.resume.metrics.get("engine") or {}).get("members", 0)
+                                           for m in members if m.resume is not None])
+        padding = self.lanes - len(members)
+        if padding:  # recorded, so that a second resume pads to the same size again
+            for member in members:
+                member.recorder.metrics.data["engine"] = {"name": NAME, "members": self.lanes}
+        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states, *[states[0]] * padding)
+        decays = [m.run.params["train.weight_decay"] for m in members]
+        self.decay = jnp.asarray(decays + decays[:1] * padding, jnp.float32)
+        self.active = np.arange(self.lanes) < len(members)
         self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -343,8 +353,8 @@ class _Group:
         import jax
 
         count = len(x) if count is None else count
-        loss_sum = np.zeros(len(self.members))
-        correct = np.zeros(len(self.members))
+        loss_sum = np.zeros(self.lanes)
+        correct = np.zeros(self.lanes)
         for xb, yb in _on_device(x, y, self.device, EVAL_BATCH_SIZE, count):
             call = self._program("eval", self._eval_function, self.state, xb, yb).result()
             losses, rights = jax.device_get(call(self.state, xb, yb))
@@ -363,9 +373,10 @@ class _Group:
         import jax
 
         per_epoch = self.schedule.steps_per_epoch
-        return jax.device_put(np.stack([
-            m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
-            for m in self.members]).astype(np.int32), self.device)
+        orders = [m.schedule.batch_indices(m.run.seed, epoch * per_epoch, (epoch + 1) * per_epoch)
+                  for m in self.members]
+        orders += orders[:1] * (self.lanes - len(orders))
+        return jax.device_put(np.stack(orders).astype(np.int32), self.device)
 
     def _train(self) -> None:
         import jax
@@ -381,13 +392,16 @@ class _Group:
         for k, (member, loss) in enumerate(zip(self.members, start_losses)):
             member.recorder.start(float(loss))
             self.active[k] = member.recorder.active
+        resumed_at = self._restore()
         steps_per_call = self._first_steps_per_call()
         seconds = 0.0
-        interval_loss = np.zeros(len(self.members))
-        interval_correct = np.zeros(len(self.members))
+        interval_loss = np.zeros(self.lanes)
+        interval_correct = np.zeros(self.lanes)
         interval_examples = 0
         per_epoch = schedule.steps_per_epoch
         for first, last in schedule.chunks():
+            if last <= resumed_at:
+                continue
             epoch = first // per_epoch
             if epoch != order_epoch:  # uploaded once per epoch; batches are gathered on the device
                 orders, order_epoch = self._epoch_orders(epoch), epoch
@@ -427,6 +441,7 @@ class _Group:
             # record.train_eval: N: the first N training examples, inference mode, every point.
             examples = min(self.params.get("record.train_eval") or 0, len(data.x_train))
             train_eval = self.evaluate(data.x_train, data.y_train, examples) if examples else None
+            state = _Snapshot(self.state)
             for k, member in enumerate(self.members):
                 if not self.active[k]:
                     continue
@@ -438,13 +453,31 @@ class _Group:
                 if train_eval:
                     point["train_eval_loss"] = float(train_eval[0][k])
                     point["train_eval_accuracy"] = float(train_eval[1][k])
-                self.active[k] = member.recorder.point(point)
+                self.active[k] = member.recorder.point(point, state=lambda k=k: state.member(k))
             interval_loss[:] = 0.0
             interval_correct[:] = 0.0
             interval_examples = 0
             interrupts.check()
             if not self.active.any():
                 return
+
+    def _restore(self) -> int:
+        """Load each member's checkpoint into its slice of the stacked state; the step they resume
+        at (the lifecycle groups members by it: one step for all), 0 without checkpoints."""
+        import jax
+
+        saved = [(k, m.resume) for k, m in enumerate(self.members) if m.resume is not None]
+        if not saved:
+            return 0
+        leaves, tree = jax.tree.flatten(jax.device_get(self.state))
+        leaves = [np.array(leaf) for leaf in leaves]  # writable host copies
+        for k, checkpoint in saved:
+            check_shapes([leaf.shape[1:] for leaf in leaves], checkpoint.variables,
+                         self.members[k].run.run_id)
+            for leaf, value in zip(leaves, checkpoint.variables):
+                leaf[k] = value
+        self.state = jax.device_put(jax.tree.unflatten(tree, leaves), self.device)
+        return max(checkpoint.step for _, checkpoint in saved)
 
     def _report_block(self, first: int, last: int, step: int, steps: int, first_bad: np.ndarray,
                       loss: np.ndarray, accuracy: np.ndarray) -> None:
@@ -465,5 +498,19 @@ class _Group:
     def _first_steps_per_call(self) -> int:
         """Steps in the first call: CALL_SECONDS of arithmetic at a conservative rate."""
         rate = STEP_FLOPS_PER_SECOND.get(self.device.platform, STEP_FLOPS_PER_SECOND["gpu"])
-        flops = 6 * self.weights * self.batch * len(self.members)  # forward + backward, per step
+        flops = 6 * self.weights * self.batch * self.lanes  # forward + backward, per step
         return max(1, int(CALL_SECONDS * rate / flops))
+
+
+class _Snapshot:
+    """The group's state at an eval point, copied to the host once for every member's checkpoint."""
+
+    def __init__(self, state):
+        self.state, self._leaves = state, None
+
+    def member(self, k: int) -> tuple[list[np.ndarray], None]:
+        import jax
+
+        if self._leaves is None:
+            self._leaves = jax.tree.leaves(jax.device_get(self.state))
+        return [np.asarray(leaf[k]) for leaf in self._leaves], None
