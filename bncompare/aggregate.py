@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
-from bncompare.config import Run, varying_keys
+from bncompare.config import ConfigError, Run, parse_yaml, varying_keys
 from bncompare.results import FINISHED, RunRecord, read_results
 
 # --x choices -> the history series that holds them.
@@ -375,10 +374,12 @@ def parse_where(text: str) -> tuple[str, Any, str]:
     key, equals, raw = text.partition("=")
     if not equals or not key.strip():
         raise BadFilter(f"--where {text!r}: expected KEY=VALUE, e.g. --where train.learning_rate=0.1")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
+    try:  # within a config's bounds: an alias bomb or 5,000 digits is refused, not computed
+        value = parse_yaml(raw, f"--where {key.strip()}")[0] if raw.strip() else raw
+    except ConfigError as e:
+        if "invalid YAML" not in str(e):
+            raise BadFilter(str(e).replace(":1: ", ": ", 1)) from None
+        value = raw  # not YAML (`--where variant=a: b`): compared as the text it is
     if isinstance(value, str):
         try:  # YAML 1.1 reads 1e-3 as text; a researcher means the number
             value = float(value)

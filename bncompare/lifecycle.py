@@ -24,7 +24,8 @@ from typing import Any
 from bncompare import __version__
 from bncompare.config import Run
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
-                               claim_holder, now, read_run, remove_stale_temporaries, write_config)
+                               claim_holder, make_directories, now, read_run, remove_stale_temporaries,
+                               write_config)
 from bncompare.schedule import Schedule
 
 # A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
@@ -294,7 +295,7 @@ def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Out
     if done:
         return run_dir, None, _done(run, done)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_directories(run_dir, out)
         claim = Claim.acquire(run_dir)
     except OSError as e:
         return run_dir, None, cannot_write(run, run_dir, e)

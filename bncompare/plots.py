@@ -42,6 +42,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 
 from bncompare.aggregate import (Condition, ExperimentResults, Results, facet_label, format_value,
                                  lower_is_better, natural)
+from bncompare.results import make_directories
 
 # Okabe-Ito colours (readable with colour-vision deficiencies), without yellow (invisible on white)
 # and vermillion (too close to the red people read as "error").
@@ -141,12 +142,13 @@ def plot_results(results: Results, metric: str = "val_accuracy", x: str = "epoch
     with rc_context(STYLE):
         for experiment in results.experiments:
             if out is None:
-                folder = experiment.directory / "plots"
+                below, folder = experiment.directory, experiment.directory / "plots"
             else:
                 several = len(results.experiments) > 1
-                folder = Path(out) / _folder_name(experiment.name) if several else Path(out)
+                below = Path(out)
+                folder = below / _folder_name(experiment.name) if several else below
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_directories(folder, below)  # a `plots` symlink must not redirect the figures
             except OSError as e:
                 raise PlotWriteError(folder, e) from None
             for name, figure in figures(experiment, metric, x, seeds, note):

@@ -20,6 +20,7 @@ MAX_DEPTH = 256  # hidden layers / conv blocks
 MAX_WIDTH = 100_000  # units or filters per layer
 MAX_STEPS = 10**8  # optimizer steps of one run, whether given as train.steps or train.epochs
 MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+MAX_FACTORS = 32  # record.landscape_factors: each costs a gradient evaluation at every eval point
 
 
 # ---- value checks ------------------------------------------------------------------------------
@@ -30,7 +31,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
-        return _short(value)
+        return short_integer(value)
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
@@ -50,13 +51,13 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
             else:
                 raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_describe(value)}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_short(value)}")
+            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {short_integer(value)}")
         return value
 
     return check
 
 
-def _short(value: int) -> str:
+def short_integer(value: int) -> str:
     """An integer as the user can read it in a one-line error, however many digits it has."""
     text = str(value)
     return text if len(text) <= 20 else f"a number of {len(text)} digits"
@@ -76,7 +77,7 @@ def number(minimum: float | None = None, *, above: float | None = None,
         try:
             value = float(value)  # an integer such as 10**400 does not fit a float
         except OverflowError:
-            raise ValueError(f"expected a number{limits}, got {_short(value)}") from None
+            raise ValueError(f"expected a number{limits}, got {short_integer(value)}") from None
         if not math.isfinite(value):
             raise ValueError(f"expected a number{limits}, got {_describe(value)}")
         if ((minimum is not None and value < minimum) or (above is not None and value <= above)
@@ -208,6 +209,17 @@ def bn_eval_modes(value: Any) -> list[str]:
         raise ValueError("expected a list that includes moving (val_loss/val_accuracy always use "
                          f"the moving averages), e.g. [moving, precise]; got {_describe(value)}")
     return [mode for mode in BN_EVAL_MODES if mode in modes]
+
+
+def seed_list(value: Any) -> list[int]:
+    """Seeds from 0 to MAX_SEED, each once: a seed listed twice is the same run twice."""
+    seeds = list_of(integer(minimum=0, maximum=MAX_SEED))(value)
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:
+            raise ValueError(f"duplicate seed {seed}: each seed is one run; list it once")
+        seen.add(seed)
+    return seeds
 
 
 def pack_mode(value: Any) -> str:
@@ -363,7 +375,7 @@ SCHEMA: dict[str, Option] = {
                               one_of("float32", "mixed_float16", "mixed_bfloat16"), short="prec"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
                           "aggregate over seeds (each from 0 to 2**32 - 1, as NumPy and Keras take them)",
-                          list_of(integer(minimum=0, maximum=MAX_SEED))),
+                          seed_list),
     # speed only: these never change what a run learns, so they stay out of run ids
     "train.steps_per_execution": Option(
         "auto", "optimizer steps per compiled call (auto: 128). Divergence checks and progress "
@@ -414,7 +426,7 @@ SCHEMA: dict[str, Option] = {
                                "gradient evaluations per eval point)", boolean, added=2),
     "record.landscape_factors": Option([0.5, 1.0, 2.0, 4.0], "the landscape probes' step sizes, as "
                                        "multiples of train.learning_rate",
-                                       list_of(number(above=0)), added=2),
+                                       list_of(number(above=0), maximum=MAX_FACTORS), added=2),
     "record.ics": Option(False, "Santurkar et al. 2018 internal covariate shift (Def. 2.1) of each "
                          "weight layer at each eval point: l2 distance and cosine between its "
                          "gradient before and after the preceding layers' update", boolean, added=2),
