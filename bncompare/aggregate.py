@@ -266,8 +266,12 @@ class ExperimentResults:
     @property
     def sweep_keys(self) -> list[str]:
         """Facet keys whose values are all numbers: each gets a sweep plot."""
+        values: dict[str, list[Any]] = {}  # one pass: a run may have thousands of params
+        for condition in self.conditions:
+            for key, value in condition.facets:
+                values.setdefault(key, []).append(value)
         return [key for key in self.facet_keys
-                if all(is_number(value) for value in self.values(key))]
+                if all(is_number(value) for value in values.get(key, ()))]
 
     def values(self, key: str) -> list[Any]:
         """The distinct values of a facet key, sorted."""
@@ -314,7 +318,8 @@ def load(root: Path, *, include_running: bool = False, where: Iterable[str] = ()
     """
     root = Path(root)
     if not root.is_dir():
-        raise NoResults(f"{root}: no such directory")
+        raise NoResults(f"{root}: " + ("not a directory; give a results directory (the --out of "
+                                       "`bncompare run`)" if root.exists() else "no such directory"))
     runs, skipped = read_results(root)
     if not runs and not skipped:
         raise NoResults(f"{root}: no runs found (expected <experiment>/<run_id>/metrics.json)")

@@ -16,15 +16,48 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperOption
+from typer.core import TyperGroup, TyperOption
+
+try:  # Typer 0.2x carries its own copy of Click; older Typers use Click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as _click
 
 from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
 from bncompare.config import ConfigError, Run, load_runs, varying_keys
 
+
+
+_NO_ARGS = getattr(_click, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a missing config, `--jobs 0`, an unknown option) as one `error:` line, like
+    every other error, instead of Typer's boxed usage text."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.ClickException as e:
+            if isinstance(e, _NO_ARGS):  # `bncompare run` alone: its help, as Typer shows it
+                e.show()
+                sys.exit(e.exit_code)
+            context = getattr(e, "ctx", None)
+            command = context.command_path if context is not None else "bncompare"
+            fail(f"{command}: {e.format_message().rstrip('.')} (see {command} --help)", e.exit_code)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            stderr.print("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     help="Train networks with and without Batch Normalization from a YAML config, and compare them.",
-    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, cls=OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"]})
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -317,7 +350,10 @@ def _results(root: Path, include_running: bool = False, where: list[str] | None 
         stderr.print(f"[yellow]warning:[/] skipped {escape(_printable(str(path)))}: "
                      f"{escape(_printable(reason))}", soft_wrap=True)
     if not results.experiments:
-        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)})")
+        running = sum(reason == "still running" for _, reason in results.skipped)
+        hint = (f"; {running} still running: add --include-running to use their curves so far"
+                if running and not include_running else "")
+        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)}){hint}")
     if metric is not None:
         try:
             check_metric(results, metric)

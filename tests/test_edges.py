@@ -5,11 +5,17 @@ or a file written outside the directory the user named."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
-from results_fixtures import runs_from, sweep_results
+from results_fixtures import runs_from, sweep_results, write_run
 from typer.testing import CliRunner
 
+from bncompare import plots
+from bncompare.aggregate import load
 from bncompare.cli import app
+from bncompare.results import METRICS_FILE, Claim
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -78,7 +84,7 @@ PACK_BREAKERS = {
     "ghost with train_eval": (["model.norm=ghost", "record.train_eval=64"], "ghost cannot be evaluated"),
     "30-digit batch": (["train.batch_size=" + "1" * 30], "more than the 512 training examples"),
     "batch larger than the data": (["train.batch_size=513"], "513 is more than the 512 training"),
-    "20,000 landscape factors": (["record.landscape_factors=[" + ",".join(["1"] * 20000) + "]"],
+    "40 landscape factors": (["record.landscape_factors=[" + ",".join(["1"] * 40) + "]"],
                                  "at most 32 items"),
     "duplicate seed": (["train.seeds=[0, 0]"], "duplicate seed 0"),
 }
@@ -132,3 +138,68 @@ def test_planted_symlinks_under_out_are_not_followed(tmp_path):
     (results / "sweep" / "plots").symlink_to(outside)
     line = one_error(invoke("plot", results))
     assert "is a symbolic link" in line and not list(outside.iterdir())
+
+
+# ---- what a new user trips on at the command line -----------------------------------------------------
+
+
+def test_usage_errors_are_one_line_like_every_other_error(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    cases = {("run", tmp_path / "missing.yaml"): "does not exist",
+             ("run", tmp_path): "is a directory",
+             ("run", config, "--jobs", "0"): "'--jobs'",
+             ("run", config, "--bogus"): "No such option: --bogus",
+             ("summary",): "Missing argument 'RESULTS_DIR'",
+             ("frob",): "No such command 'frob'"}
+    for args, expected in cases.items():
+        line = one_error(invoke(*args))
+        assert expected in line and line.endswith("--help)"), line
+    assert "not a directory; give a results directory" in one_error(invoke("summary", config))
+
+
+def test_no_finished_runs_points_at_include_running(tmp_path):
+    (run,) = runs_from(tmp_path, TINY.replace("train:", "variants: {a: {}}\ntrain:"))
+    write_run(tmp_path / "out", run, [], status=None)  # a run that has not reached its first eval
+    claim = Claim.acquire(tmp_path / "out" / run.experiment / run.run_id)  # its trainer is alive
+    try:
+        result = invoke("summary", tmp_path / "out")
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines()[-1].endswith(
+            "1 still running: add --include-running to use their curves so far")
+        results = load(tmp_path / "out", include_running=True)
+        figures = dict(plots.figures(results.experiments[0], "val_accuracy", "epoch"))
+    finally:
+        claim.release()
+    texts = [t.get_text() for f in figures.values() for ax in f.axes for t in ax.texts]
+    assert "no eval point yet:\nstill training" in texts
+
+
+def test_one_eval_point_tells_bn_evaluation_modes_apart_by_marker(tmp_path):
+    (run,) = runs_from(tmp_path, TINY.replace("train:", "variants: {a: {model.batch_norm: true}}\n"
+                                              "record: {bn_eval: [moving, precise]}\ntrain:"))
+    out = tmp_path / "out"
+    run_dir = write_run(out, run, [])
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    metrics["history"].update({key: [value] for key, value in {
+        "epoch": 1, "step": 8, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7,
+        "seconds": 1.0, "val_loss_precise": 0.5, "val_accuracy_precise": 0.75}.items()})
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics))
+    figure = plots.curves_figure(load(out).experiments[0], "val_accuracy", "epoch")
+    markers = {line.get_linestyle(): line.get_marker() for line in figure.axes[0].lines}
+    assert markers["-"] != markers["--"], markers
+
+
+def test_plot_titles_stay_short_with_thousands_of_params(tmp_path):
+    runs = runs_from(tmp_path, TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    out = tmp_path / "out"
+    for run in runs[:-1]:
+        write_run(out, run, [0.3, 0.5])
+    hostile = dataclasses.replace(runs[-1], params={**runs[-1].params,
+                                                    **{f"junk.k{i}": i for i in range(2000)}})
+    write_run(out, hostile, [0.3, 0.5])
+    result = invoke("plot", out)
+    assert result.exit_code == 0, result.output
+    figure = plots.curves_figure(load(out).experiments[0], "val_accuracy", "epoch")
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles and max(t.count("\n") + 1 for t in titles) <= plots.MAX_TITLE_LINES
