@@ -61,7 +61,8 @@ class Reduction:
         """'final', 'best' or 'last:K' (K >= 1 eval points); BadFilter otherwise."""
         if text in ("final", "best"):
             return cls(text)
-        match = re.fullmatch(r"last:([1-9][0-9]{0,5})", text)
+        # Any K: more than a run's eval points means all of them. The digit bound keeps int() fast.
+        match = re.fullmatch(r"last:([1-9][0-9]{0,29})", text)
         if match:
             return cls("last", int(match.group(1)))
         raise BadFilter(f"--reduce {text!r}: expected final, best or last:K (e.g. last:3)")
@@ -317,7 +318,11 @@ def load(root: Path, *, include_running: bool = False, where: Iterable[str] = ()
     at all, BadFilter when a filter names a key or experiment that no run has.
     """
     root = Path(root)
-    if not root.is_dir():
+    try:
+        is_dir = root.is_dir()
+    except OSError as e:  # a 300-character name: ENAMETOOLONG
+        raise NoResults(f"{root}: {e.strerror or e}") from None
+    if not is_dir:
         raise NoResults(f"{root}: " + ("not a directory; give a results directory (the --out of "
                                        "`bncompare run`)" if root.exists() else "no such directory"))
     runs, skipped = read_results(root)

@@ -7,6 +7,7 @@ must answer at once; the heavy imports happen inside the command that needs them
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -25,7 +26,7 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
 
 from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
-from bncompare.config import ConfigError, Run, load_runs, varying_keys
+from bncompare.config import ConfigError, Run, load_runs, on_backend, varying_keys
 
 
 
@@ -125,20 +126,31 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _results_root(out: Path) -> Path:
-    """--out must be a directory or a path where one can be made: checked before anything loads."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                what = "is a file" if folder.is_file() else "exists and is not a directory"
-                raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
-            break
+def _results_root(text: str | Path) -> Path:
+    """--out must be a directory or a path where one can be made: checked before anything loads.
+
+    Parsed from the text, not from Typer's Path: `--out ''` would be Path('.'), the current
+    directory, which nobody means."""
+    if not str(text).strip():
+        raise fail("--out '': empty; give a directory for the results")
+    out = Path(text)
+    try:
+        for folder in (out, *out.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    what = "is a file" if folder.is_file() else "exists and is not a directory"
+                    raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
+                break
+    except OSError as e:  # a 300-character name: ENAMETOOLONG
+        raise fail(f"--out {out}: {e.strerror or e}") from None
     return out
 
 
-def _load(configs: list[Path], overrides: list[str] | None) -> list[Run]:
+def _load(configs: list[Path], overrides: list[str] | None, backend: str | None = None) -> list[Run]:
+    """The runs of the configs, with ids for the Keras backend they will train on."""
     try:
-        return load_runs(configs, overrides)
+        return on_backend(load_runs(configs, overrides),
+                          backend or os.environ.get("KERAS_BACKEND") or "tensorflow")
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -194,7 +206,7 @@ def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
-    out: Annotated[Path, typer.Option("--out", callback=_results_root,
+    out: Annotated[Path, typer.Option("--out", parser=_results_root,
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
@@ -210,10 +222,8 @@ def run(
     Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json}. Exit code: 0 when every run
     completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
-    runs = _load(configs, overrides)
+    runs = _load(configs, overrides, backend.value if backend else None)
     if dry_run:
-        import os
-
         from bncompare.backend import select_backend
 
         select_backend(backend.value if backend else None)  # the JAX planner asks Keras
@@ -299,7 +309,8 @@ def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
     invalid = 0
     for config in configs:
         try:
-            runs = load_runs([config], overrides)
+            runs = on_backend(load_runs([config], overrides),
+                              os.environ.get("KERAS_BACKEND") or "tensorflow")
         except ConfigError as e:
             fail(str(e))
             invalid += 1

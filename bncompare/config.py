@@ -11,6 +11,7 @@ value, ``--set``. A ``--set`` of a swept key replaces that sweep axis with the o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -734,6 +735,25 @@ def load_runs(paths: list[str | Path], overrides: list[str] | None = None) -> li
         for run in expand(load_experiment(path, overrides)):
             runs.setdefault((run.experiment, run.run_id), run)
     return list(runs.values())
+
+
+def on_backend(runs: list[Run], backend: str) -> list[Run]:
+    """The runs as trained on Keras's `backend`: each backend draws other initial weights, so a
+    run's id names it, except tensorflow's (ids of earlier releases, all TensorFlow, unchanged)."""
+    if backend == "tensorflow":
+        return runs
+    named = []
+    for run in runs:
+        blob = json.dumps({**identity(run.params), "backend": backend}, sort_keys=True,
+                          separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
+        name = re.sub(r"[^A-Za-z0-9._+]", "", backend)  # KERAS_BACKEND may hold anything
+        run_id = f"{run.run_id.rsplit('-', 1)[0]}-{name}-{digest}"
+        if len(run_id) > MAX_NAME:
+            raise ConfigError(f"{run.source}: run id {run_id[:40]}... has {len(run_id)} characters "
+                              f"with the backend; at most {MAX_NAME}: shorten variant names")
+        named.append(dataclasses.replace(run, run_id=run_id))
+    return named
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

@@ -15,6 +15,7 @@ A single run is a group of one.
 
 from __future__ import annotations
 
+import functools
 import math
 import traceback
 from dataclasses import dataclass, field
@@ -118,6 +119,24 @@ class Stopwatch:
         return max(0.0, seconds - steps * self.later_seconds / self.later_steps)
 
 
+def _fails_alone(point):
+    """Recorder.point, where a member's own failure (an extra evaluation or an instrument raising
+    on its model) fails that member only: it ends `failed` with the traceback, and the engine drops
+    it as it drops a diverged member, so its pack-mates train on. A disk error stays the group's."""
+
+    @functools.wraps(point)
+    def guarded(self: "Recorder", *args, **kwargs) -> bool:
+        try:
+            return point(self, *args, **kwargs)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded as this run's failure
+            self.finish("failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            return False
+
+    return guarded
+
+
 class Recorder:
     """One run's record: its metrics.json and the divergence rules. Engines report to it."""
 
@@ -160,6 +179,7 @@ class Recorder:
             self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
         return self.active
 
+    @_fails_alone
     def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
               optimizer=None) -> bool:
         """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`

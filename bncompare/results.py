@@ -482,10 +482,17 @@ def run_dirs(root: Path) -> Iterator[Path]:
 
 
 def _holds_run(directory: Path) -> bool:
-    try:
-        return any(os.path.lexists(directory / name) for name in (METRICS_FILE, CLAIM_FILE))
-    except OSError:
-        return False
+    """True for a run directory, and for one that cannot be searched (mode 000): reading it then
+    gives a warning that names it, instead of it vanishing from every table without a word."""
+    for name in (METRICS_FILE, CLAIM_FILE):
+        try:
+            os.lstat(directory / name)
+            return True
+        except PermissionError:
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _subdirectories(directory: Path) -> list[Path] | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 from results_fixtures import runs_from, sweep_results, write_run
@@ -203,3 +205,82 @@ def test_plot_titles_stay_short_with_thousands_of_params(tmp_path):
     figure = plots.curves_figure(load(out).experiments[0], "val_accuracy", "epoch")
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert titles and max(t.count("\n") + 1 for t in titles) <= plots.MAX_TITLE_LINES
+
+
+# ---- paths: long names, an empty --out, unreadable run directories ---------------------------------
+
+
+def test_a_300_character_name_and_an_empty_out_are_one_line_errors(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    long = tmp_path / ("x" * 300)
+    assert "File name too long" in one_error(invoke("run", config, "--out", long / "inner"))
+    for command in ("summary", "plot", "compare"):
+        assert "File name too long" in one_error(invoke(command, long))
+    assert "--out '': empty" in one_error(invoke("run", config, "--out", ""))
+    assert not list(Path.cwd().glob("tiny"))
+
+
+def test_reduce_takes_any_number_of_last_points(tmp_path):
+    results = sweep_results(tmp_path)
+    result = invoke("summary", results, "--reduce", "last:9999999999", "--format", "json")
+    assert result.exit_code == 0, result.output
+    every = json.loads(invoke("summary", results, "--reduce", "last:2", "--format", "json").output)
+    assert [row["last9999999999_val_accuracy_mean"] for row in json.loads(result.output)] == [
+        row["last2_val_accuracy_mean"] for row in every]  # 2 points each: all of them
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads mode-000 directories")
+def test_a_mode_000_run_directory_is_a_warning_not_silence(tmp_path):
+    results = sweep_results(tmp_path)
+    hidden = next((results / "sweep").iterdir())
+    hidden.chmod(0)
+    try:
+        result = invoke("summary", results)
+    finally:
+        hidden.chmod(0o755)
+    assert f"skipped {hidden}" in result.output
+
+
+# ---- identity: the backend, and a member's own failure ------------------------------------------------
+
+
+def test_the_backend_enters_the_run_id_except_tensorflows(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    ids = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        result = runner.invoke(app, ["validate", str(config)], env={"KERAS_BACKEND": backend})
+        assert result.exit_code == 0, result.output
+        ids[backend] = [line.split()[0].split("/")[1] for line in result.output.splitlines()[1:]]
+    assert ids["tensorflow"] == [run.run_id for run in runs_from(tmp_path, TINY)]  # release 1-2 ids
+    for backend in ("jax", "torch"):
+        assert [i.rsplit("-", 2)[1] for i in ids[backend]] == [backend] * 2
+        assert not set(ids[backend]) & set(ids["tensorflow"])
+
+
+def test_a_member_that_fails_alone_leaves_its_pack_mates_training(tmp_path, monkeypatch):
+    """One member's evaluation raising (a config validate cannot foresee) fails that member only."""
+    from bncompare import bn_eval
+
+    real = bn_eval.extra_history
+
+    def extra_history(model, data, params, moving=None):
+        if params["train.learning_rate"] == 0.01:
+            raise ValueError("this member's own evaluation broke")
+        return real(model, data, params, moving)
+
+    monkeypatch.setattr(bn_eval, "extra_history", extra_history)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("epochs: 2", "steps: 8") + "record: {eval_every: 4, train_eval: 64}\n"
+                      "sweep: {train.learning_rate: [0.001, 0.01]}\nvariants: {bn: {model.norm: batch}}\n")
+    result = invoke("run", config, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 1, result.output
+    found = {json.loads(p.read_text())["params"]["train.learning_rate"]: json.loads(p.read_text())
+             for p in (tmp_path / "out" / "tiny").glob("*/metrics.json")}
+    assert {lr: m["engine"]["members"] for lr, m in found.items()} == {0.001: 2, 0.01: 2}
+    for lr, metrics in found.items():
+        if lr == 0.01:
+            assert metrics["status"] == "failed" and "own evaluation broke" in metrics["error"]
+        else:
+            assert metrics["status"] == "completed" and metrics["history"]["step"] == [4, 8]
