@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,28 @@ def test_a_member_that_fails_alone_leaves_its_pack_mates_training(tmp_path, monk
             assert metrics["status"] == "failed" and "own evaluation broke" in metrics["error"]
         else:
             assert metrics["status"] == "completed" and metrics["history"]["step"] == [4, 8]
+
+
+# ---- a signal while the interpreter exits ----------------------------------------------------------
+
+# The command runs as the console script does; an exit hook registered after bncompare's own (so
+# run before it, as TensorFlow's and Ray's are) signals the process while it shuts down.
+LATE_SIGNAL = """\
+import atexit, os, signal, sys, time
+from bncompare import __main__ as command, interrupts
+interrupts.install()
+atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.3)))
+sys.argv = ["bncompare", *sys.argv[1:]]
+command.main()
+"""
+
+
+@pytest.mark.parametrize("command", ["validate", "summary"])
+def test_a_signal_while_exiting_exits_130_not_0_or_by_the_signal(tmp_path, command):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    target = config if command == "validate" else sweep_results(tmp_path)
+    done = subprocess.run([sys.executable, "-c", LATE_SIGNAL, command, str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, (done.returncode, done.stdout[-500:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
