@@ -6,6 +6,7 @@ must answer at once; the heavy imports happen inside the command that needs them
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -442,7 +443,8 @@ def plot(
 @app.command()
 def summary(
     results_dir: ResultsDir,
-    table_format: Annotated[SummaryFormat, typer.Option("--format", help="Output format.")] = SummaryFormat.table,
+    table_format: Annotated[SummaryFormat, typer.Option(
+        "--format", metavar="FORMAT", help="table, csv, json, markdown or latex.")] = SummaryFormat.table,
     metric: MetricName = "val_accuracy",
     reduce: Reduce = "final",
     include_running: IncludeRunning = False,
@@ -469,7 +471,8 @@ def compare(
         "named like no_bn, else the first).")] = None,
     metric: MetricName = "val_accuracy",
     reduce: Reduce = "final",
-    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+    table_format: Annotated[TableFormat, typer.Option(
+        "--format", metavar="FORMAT", help="table, csv, json or markdown.")] = TableFormat.table,
     include_running: IncludeRunning = False,
     where: Where = None,
     experiment: ExperimentName = None,
@@ -491,6 +494,16 @@ def compare(
     _print_rendered(render(results, records, table_format.value))
     if results.skipped:
         stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
+
+
+def _paragraphs(text: str) -> str:
+    """A docstring's paragraphs as single lines: Typer keeps a docstring's line breaks, so a line
+    that the terminal wraps again would end mid-sentence, a short fragment on its own line."""
+    return "\n\n".join(" ".join(part.split()) for part in text.split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _paragraphs(inspect.getdoc(_command.callback) or "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -311,3 +311,15 @@ def test_a_signal_while_exiting_exits_130_not_0_or_by_the_signal(tmp_path, comma
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, (done.returncode, done.stdout[-500:], done.stderr[-2000:])
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_help_texts_wrap_between_words_at_80_columns():
+    for command in ("run", "summary", "compare", "plot", "validate"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0
+        text = result.output
+        assert "markdow\n" not in text.replace("│", "").replace(" ", ""), command
+        # a docstring's own line break used to leave a two-word fragment ("when every run")
+        description = text.split("╭")[0].strip().splitlines()[2:]
+        lines = [line.strip() for line in description if line.strip()]
+        assert all(len(line) > 40 or line.endswith(".") for line in lines), (command, lines)
