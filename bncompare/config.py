@@ -96,7 +96,8 @@ MAX_RUNS = 100_000  # runs one config may expand to
 MAX_NAME = 120  # characters in an experiment name, a variant name or a run id (one path component)
 INT_TAG = "tag:yaml.org,2002:int"
 # Scalars that PyYAML converts with int(), float(), a lookup or datetime(): `!!int abc`, `!!bool
-# maybe`, `2001-13-45` (a timestamp by its form) raise ValueError or KeyError from deep inside it.
+# maybe`, `2001-13-45` (a timestamp by its form), an empty `!!timestamp` raise ValueError, KeyError
+# or AttributeError from deep inside it.
 CONVERTED_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "timestamp"))
 
 
@@ -104,7 +105,7 @@ def _check_scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode, where: str) ->
     """Raise ConfigError when PyYAML cannot convert a tagged scalar (see CONVERTED_TAGS)."""
     try:
         loader.yaml_constructors[node.tag](loader, node)
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError):
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError):
         tag = node.tag.rsplit(":", 1)[-1]
         value = node.value if len(node.value) <= 40 else f"{node.value[:30]}..."
         raise ConfigError(f"{where}: {value!r} is not a valid {tag}") from None
@@ -193,7 +194,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except ConfigError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError) as e:
+    except (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError) as e:
         # A converter failing on a node _check_nodes does not test (a tag PyYAML adds later).
         raise ConfigError(f"{source}: a value PyYAML cannot convert ({type(e).__name__}: "
                           f"{str(e)[:80]})") from None

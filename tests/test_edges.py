@@ -40,7 +40,8 @@ def one_error(result, code: int = 2) -> str:
 
 # ---- YAML tags PyYAML cannot convert: configs, --set and --where ----------------------------------
 
-BAD_TAGS = ["!!int abc", "!!float abc", "!!bool maybe", "!!timestamp 2001-13-45", "!!int", "2001-13-45"]
+BAD_TAGS = ["!!int abc", "!!float abc", "!!bool maybe", "!!timestamp 2001-13-45", "!!int", "!!timestamp",
+            "2001-13-45"]
 
 
 @pytest.mark.parametrize("value", BAD_TAGS)
