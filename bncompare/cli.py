@@ -29,8 +29,6 @@ from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
 from bncompare.config import ConfigError, Run, load_runs, on_backend, varying_keys
 
-
-
 _NO_ARGS = getattr(_click, "NoArgsIsHelpError", ())
 
 
@@ -147,11 +145,15 @@ def _results_root(text: str | Path) -> Path:
     return out
 
 
+def _backend_name(chosen: str | None = None) -> str:
+    """The Keras backend runs will train on: --backend, else $KERAS_BACKEND, else tensorflow."""
+    return chosen or os.environ.get("KERAS_BACKEND") or "tensorflow"
+
+
 def _load(configs: list[Path], overrides: list[str] | None, backend: str | None = None) -> list[Run]:
     """The runs of the configs, with ids for the Keras backend they will train on."""
     try:
-        return on_backend(load_runs(configs, overrides),
-                          backend or os.environ.get("KERAS_BACKEND") or "tensorflow")
+        return on_backend(load_runs(configs, overrides), _backend_name(backend))
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -228,7 +230,7 @@ def run(
         from bncompare.backend import select_backend
 
         select_backend(backend.value if backend else None)  # the JAX planner asks Keras
-        print_runs(runs, training_plan(runs, os.environ.get("KERAS_BACKEND", "tensorflow")))
+        print_runs(runs, training_plan(runs, _backend_name()))
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
@@ -310,8 +312,7 @@ def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
     invalid = 0
     for config in configs:
         try:
-            runs = on_backend(load_runs([config], overrides),
-                              os.environ.get("KERAS_BACKEND") or "tensorflow")
+            runs = on_backend(load_runs([config], overrides), _backend_name())
         except ConfigError as e:
             fail(str(e))
             invalid += 1

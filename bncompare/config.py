@@ -99,20 +99,20 @@ INT_TAG = "tag:yaml.org,2002:int"
 # maybe`, `2001-13-45` (a timestamp by its form), an empty `!!timestamp` raise ValueError, KeyError
 # or AttributeError from deep inside it.
 CONVERTED_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "timestamp"))
+CONVERT_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError)
 
 
 def _check_scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode, where: str) -> None:
     """Raise ConfigError when PyYAML cannot convert a tagged scalar (see CONVERTED_TAGS)."""
     try:
         loader.yaml_constructors[node.tag](loader, node)
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError):
+    except CONVERT_ERRORS:
         tag = node.tag.rsplit(":", 1)[-1]
         value = node.value if len(node.value) <= 40 else f"{node.value[:30]}..."
         raise ConfigError(f"{where}: {value!r} is not a valid {tag}") from None
 
 
-def _check_nodes(root: yaml.Node, source: str, lines: dict,
-                 loader: yaml.SafeLoader | None = None) -> None:
+def _check_nodes(root: yaml.Node, source: str, lines: dict, loader: yaml.SafeLoader) -> None:
     """Record the line of every mapping key; reject duplicate keys (YAML silently keeps the last),
     recursive aliases, nesting deeper than MAX_NESTING, more than MAX_VALUES values once aliases
     are expanded, integers too long to be meant, and tagged values that PyYAML cannot convert.
@@ -145,7 +145,7 @@ def _check_nodes(root: yaml.Node, source: str, lines: dict,
         if isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG and len(node.value) > MAX_DIGITS:
             raise ConfigError(f"{source}:{line}: {'.'.join(path) or 'value'}: a number of "
                               f"{len(node.value):,} digits is not a config value")
-        if loader is not None and isinstance(node, yaml.ScalarNode) and node.tag in CONVERTED_TAGS:
+        if isinstance(node, yaml.ScalarNode) and node.tag in CONVERTED_TAGS:
             _check_scalar(loader, node, f"{source}:{line}: {'.'.join(path) or 'value'}")
         walking.add(ident)
         stack.append((node, path, depth, True))
@@ -194,7 +194,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except ConfigError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError) as e:
+    except CONVERT_ERRORS as e:
         # A converter failing on a node _check_nodes does not test (a tag PyYAML adds later).
         raise ConfigError(f"{source}: a value PyYAML cannot convert ({type(e).__name__}: "
                           f"{str(e)[:80]})") from None
