@@ -453,8 +453,14 @@ def variant_order(runs: list[RunRecord]) -> list[str]:
 def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
     # Runs written by different versions may lack newer keys: compare on the union, missing = None.
     keys = list(dict.fromkeys(key for run in runs for key in run.metrics["params"]))
-    as_runs = [Run(name, _variant(r), r.run_id, {k: r.metrics["params"].get(k) for k in keys})
+    # Runs of one config on two Keras backends start from other weights: they are other conditions,
+    # not more seeds of one (their ids differ by the backend, their params do not).
+    backends = {_backend(r) for r in runs}
+    as_runs = [Run(name, _variant(r), r.run_id, {**{k: r.metrics["params"].get(k) for k in keys},
+                                                  **({"backend": _backend(r)} if len(backends) > 1
+                                                     else {})})
                for r in runs]
+    keys += ["backend"] * (len(backends) > 1)
     variants = variant_order(runs)
     # A key that a variant fixes (one value within each variant) is explained by the colour; the
     # keys that vary within a variant are what the small multiples show.
@@ -479,6 +485,10 @@ def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
 
 def _variant(run: RunRecord) -> str:
     return str(run.metrics.get("variant") or "base")
+
+
+def _backend(run: RunRecord) -> str:
+    return str((run.metrics.get("environment") or {}).get("backend") or "tensorflow")
 
 
 # ---- small helpers shared with plots and tables ---------------------------------------------------

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from bncompare import plots
 from bncompare.aggregate import load
 from bncompare.cli import app
-from bncompare.results import METRICS_FILE, Claim
+from bncompare.config import on_backend
+from bncompare.results import METRICS_FILE, Claim, MetricsFile
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -324,3 +325,22 @@ def test_help_texts_wrap_between_words_at_80_columns():
         description = text.split("╭")[0].strip().splitlines()[2:]
         lines = [line.strip() for line in description if line.strip()]
         assert all(len(line) > 40 or line.endswith(".") for line in lines), (command, lines)
+
+
+def test_runs_of_two_backends_are_two_conditions_not_more_seeds(tmp_path):
+    runs = runs_from(tmp_path, TINY.replace("seeds: [0]", "seeds: [0, 1]") + "variants: {a: {}}\n")
+    out = tmp_path / "out"
+    for backend in ("tensorflow", "jax"):
+        for run in on_backend(runs, backend):
+            (out / run.experiment / run.run_id).mkdir(parents=True)
+            metrics = MetricsFile(out / run.experiment / run.run_id, experiment=run.experiment,
+                                  run_id=run.run_id, variant=run.variant, params=run.params,
+                                  environment={"backend": backend})
+            metrics.add_point({"epoch": 1, "step": 8, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0,
+                               "val_accuracy": 0.9 if backend == "jax" else 0.5, "seconds": 1.0})
+            metrics.finish("completed")
+    result = invoke("summary", out, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {row["backend"]: row for row in json.loads(result.output)}
+    assert sorted(rows) == ["jax", "tensorflow"] and {r["seeds"] for r in rows.values()} == {2}
+    assert rows["jax"]["final_val_accuracy_mean"] == 0.9
