@@ -344,3 +344,15 @@ def test_runs_of_two_backends_are_two_conditions_not_more_seeds(tmp_path):
     rows = {row["backend"]: row for row in json.loads(result.output)}
     assert sorted(rows) == ["jax", "tensorflow"] and {r["seeds"] for r in rows.values()} == {2}
     assert rows["jax"]["final_val_accuracy_mean"] == 0.9
+
+
+def test_a_run_of_one_compiled_call_reports_its_compile_time(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("epochs: 2", "steps: 8") + "variants: {a: {}}\n")
+    result = invoke("run", config, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "out" / "tiny").glob("*/metrics.json")
+    metrics = json.loads(path.read_text())
+    assert metrics["engine"]["name"] == "tf_pack"
+    assert metrics["final"]["compile_seconds"] > 0  # 8 steps: one call, nothing after it to compare
+    assert 0 <= metrics["history"]["seconds"][-1] == metrics["final"]["train_seconds"]
