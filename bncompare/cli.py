@@ -125,14 +125,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _results_root(text: str | Path) -> Path:
-    """--out must be a directory or a path where one can be made: checked before anything loads.
-
-    Parsed from the text, not from Typer's Path: `--out ''` would be Path('.'), the current
-    directory, which nobody means."""
+def _given_path(text: str | Path) -> Path:
+    """An --out path from its text; `--out ''` is an error, not Path('.'), the current directory."""
     if not str(text).strip():
-        raise fail("--out '': empty; give a directory for the results")
-    out = Path(text)
+        raise fail("--out '': empty; give a directory")
+    return Path(text)
+
+
+def _results_root(text: str | Path) -> Path:
+    """--out must be a directory or a path where one can be made: checked before anything loads."""
+    out = _given_path(text)
     try:
         for folder in (out, *out.parents):
             if folder.exists() or folder.is_symlink():
@@ -409,7 +411,7 @@ def _print_rendered(rendered) -> None:
 def plot(
     results_dir: ResultsDir,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
+        "--out", parser=_given_path, help="Write figures here instead of <experiment>/plots/.")] = None,
     metric: MetricName = "val_accuracy",
     x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
     image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,

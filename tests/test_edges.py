@@ -222,6 +222,7 @@ def test_a_300_character_name_and_an_empty_out_are_one_line_errors(tmp_path):
     for command in ("summary", "plot", "compare"):
         assert "File name too long" in one_error(invoke(command, long))
     assert "--out '': empty" in one_error(invoke("run", config, "--out", ""))
+    assert "--out '': empty" in one_error(invoke("plot", sweep_results(tmp_path), "--out", ""))
     assert not list(Path.cwd().glob("tiny"))
 
 
