@@ -1,8 +1,9 @@
-"""How long `bncompare plot` and `summary` take on a large results directory (no training).
+"""How long `bncompare plot`, `summary` and `compare` take on a large results directory (no training).
 
 Writes RUNS runs through bncompare's own writer (2 variants x 10 learning rates x 5 depths x
-RUNS/100 seeds, 5 eval points each, one learning rate diverging), then times reading + plotting
-and reading + summarising, as the commands do them.
+RUNS/100 seeds, 5 eval points each, one learning rate diverging), then times reading + plotting,
+reading + summarising and reading + comparing (every row's tests, Holm, seeds needed), as the
+commands do them.
 
     python benchmarks/plot_many_runs.py            # 1,000 runs
     python benchmarks/plot_many_runs.py --runs 200
@@ -15,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bncompare import compare
 from bncompare.aggregate import load
 from bncompare.config import load_runs
 from bncompare.plots import plot_results
@@ -75,6 +77,12 @@ def main() -> None:
         render(load(root / "results"), "csv")
         print(f"summary: {len(results.experiments[0].conditions)} conditions in "
               f"{time.perf_counter() - started:.2f} s")
+
+        started = time.perf_counter()
+        loaded = load(root / "results")
+        records = compare.rows(loaded)
+        compare.render(loaded, records, "markdown")
+        print(f"compare: {len(records)} rows in {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":

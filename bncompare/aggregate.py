@@ -14,6 +14,7 @@ No matplotlib here; NumPy only for the per-eval-point mean and std of curves.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -27,6 +28,7 @@ import numpy as np
 
 from bncompare.config import ConfigError, Run, parse_yaml, varying_keys
 from bncompare.results import FINISHED, RunRecord, read_results
+from bncompare.schema import SCHEMA
 
 # --x choices -> the history series that holds them.
 X_SERIES = {"epoch": "epoch", "step": "step", "time": "seconds"}
@@ -451,16 +453,13 @@ def variant_order(runs: list[RunRecord]) -> list[str]:
 
 
 def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
-    # Runs written by different versions may lack newer keys: compare on the union, missing = None.
     keys = list(dict.fromkeys(key for run in runs for key in run.metrics["params"]))
     # Runs of one config on two Keras backends start from other weights: they are other conditions,
     # not more seeds of one (their ids differ by the backend, their params do not).
-    backends = {_backend(r) for r in runs}
-    as_runs = [Run(name, _variant(r), r.run_id, {**{k: r.metrics["params"].get(k) for k in keys},
-                                                  **({"backend": _backend(r)} if len(backends) > 1
-                                                     else {})})
-               for r in runs]
-    keys += ["backend"] * (len(backends) > 1)
+    several = len({_backend(r) for r in runs}) > 1
+    as_runs = [Run(name, _variant(r), r.run_id, {**params, **({"backend": _backend(r)} if several else {})})
+               for r, params in zip(runs, _filled(runs, keys))]
+    keys += ["backend"] * several
     variants = variant_order(runs)
     # A key that a variant fixes (one value within each variant) is explained by the colour; the
     # keys that vary within a variant are what the small multiples show.
@@ -481,6 +480,36 @@ def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
                      key=lambda c: ([sort_key(v) for _, v in c.facets], variants.index(c.variant)))
     directory = Counter(run.path.parent for run in runs).most_common(1)[0][0]
     return ExperimentResults(name, directory, variants, facet_keys, ordered, shared)
+
+
+def _filled(runs: list[RunRecord], keys: list[str]) -> list[dict[str, Any]]:
+    """Each run's params over the union of `keys`. A key a run lacks reads as its default when a
+    later release added it (the run was written before it existed), else as the one value the other
+    runs of its variant agree on, else None. Without this, one run missing a key its variant sets
+    (model.batch_norm) would make that key a facet and split its variant away from every pair."""
+    lacking = [key for key in keys if any(key not in run.metrics["params"] for run in runs)]
+    agreed: dict[tuple[str, str], Any] = {}
+    for key in lacking:
+        values: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            if key in run.metrics["params"]:
+                value = run.metrics["params"][key]
+                values.setdefault(_variant(run), {})[_canonical(value)] = value
+        agreed.update({(key, variant): next(iter(found.values()))
+                       for variant, found in values.items() if len(found) == 1})
+    filled = []
+    for run in runs:
+        params = run.metrics["params"]
+        own = {key: params.get(key) for key in keys}
+        for key in lacking:
+            if key in params:
+                continue
+            if key in SCHEMA and SCHEMA[key].added > 1:
+                own[key] = copy.deepcopy(SCHEMA[key].default)
+            else:
+                own[key] = agreed.get((key, _variant(run)))
+        filled.append(own)
+    return filled
 
 
 def _variant(run: RunRecord) -> str:

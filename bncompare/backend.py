@@ -61,6 +61,53 @@ def threads() -> int:
         return 1
 
 
+# oneDNN's x86 CPU ISA levels, narrowest first, and the /proc/cpuinfo flags each needs (on top of the
+# level before it). TensorFlow's oneDNN kernels and XLA (JAX) pick their code paths from these at run
+# time, so two CPUs of different levels run a BN network's sums in different orders: its numbers
+# agree bit for bit only on CPUs of one kind.
+ISA_LEVELS = (("sse41", {"sse4_1"}), ("avx", {"avx"}), ("avx2", {"avx2", "fma"}),
+              ("avx512_core", {"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+              ("avx512_core_vnni", {"avx512_vnni"}), ("avx512_core_bf16", {"avx512_bf16"}),
+              ("avx512_core_amx", {"amx_tile", "amx_bf16", "amx_int8"}))
+# Caps a user may set on oneDNN's dispatch (ONEDNN_MAX_CPU_ISA=AVX2): the kernels then stop there.
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def cpu(cpuinfo: str | None = None) -> dict[str, str | None]:
+    """{"cpu": model name and id, "cpu_isa": the widest instruction set the math libraries may use}
+    for metrics.json's environment, from /proc/cpuinfo (no framework import); None where unknown."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+                cpuinfo = file.read(1 << 20)
+        except OSError:
+            cpuinfo = ""
+    first = cpuinfo.split("\n\n", 1)[0]  # one logical CPU is enough: they are alike
+    fields = {key.strip(): value.strip() for key, _, value in
+              (line.partition(":") for line in first.splitlines()) if key.strip()}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    name = fields.get("model name") or fields.get("Model name") or platform.processor() or None
+    if "vendor_id" in fields:  # x86: the name alone is often generic under virtualisation
+        name = (f"{name} ({fields['vendor_id']} family {fields.get('cpu family')} model "
+                f"{fields.get('model')} stepping {fields.get('stepping')})")
+    elif "CPU part" in fields:  # Arm: no model name; the implementer and part identify the core
+        name = f"{name or 'Arm'} (implementer {fields.get('CPU implementer')} part {fields['CPU part']})"
+    isa = None
+    for level, needs in ISA_LEVELS:
+        if not needs <= flags:
+            break
+        isa = level
+    if isa is None and flags & {"asimd", "sve"}:
+        isa = "sve" if "sve" in flags else "asimd"
+    levels = [level for level, _ in ISA_LEVELS]
+    cap = next((os.environ[v].lower() for v in ISA_CAPS if os.environ.get(v)), None)
+    if isa in levels and cap in levels and levels.index(cap) < levels.index(isa):
+        isa = f"{cap} ({isa} capped by {next(v for v in ISA_CAPS if os.environ.get(v))})"
+    return {"cpu": name, "cpu_isa": isa}
+
+
 def import_keras():
     """Import Keras (and so its backend) with the quiet, reproducible settings above."""
     global _configured

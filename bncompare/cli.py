@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -93,6 +94,12 @@ ConfigPaths = Annotated[list[Path], typer.Argument(
 Overrides = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Override a config key, e.g. --set train.learning_rate=0.1 (value read as YAML; repeatable).")]
+Sweeps = Annotated[Optional[list[str]], typer.Option(
+    "--sweep", metavar="KEY=V1,V2,...",
+    help="A sweep axis, crossed like `sweep:` in the file (replaces the file's axis of KEY), e.g. "
+    "--sweep train.learning_rate=0.01,0.1 (values read as YAML; repeatable).")]
+OnlyVariants = Annotated[Optional[str], typer.Option(
+    "--variants", metavar="A,B", help="Only these variants of the configs (run ids unchanged).")]
 
 
 def _version(value: bool) -> None:
@@ -152,10 +159,11 @@ def _backend_name(chosen: str | None = None) -> str:
     return chosen or os.environ.get("KERAS_BACKEND") or "tensorflow"
 
 
-def _load(configs: list[Path], overrides: list[str] | None, backend: str | None = None) -> list[Run]:
+def _load(configs: list[Path], overrides: list[str] | None, sweeps: list[str] | None = None,
+          only_variants: str | None = None, backend: str | None = None) -> list[Run]:
     """The runs of the configs, with ids for the Keras backend they will train on."""
     try:
-        return on_backend(load_runs(configs, overrides), _backend_name(backend))
+        return on_backend(load_runs(configs, overrides, sweeps, only_variants), _backend_name(backend))
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -211,6 +219,8 @@ def training_plan(runs: list[Run], backend: str) -> dict[int, str]:
 def run(
     configs: ConfigPaths,
     overrides: Overrides = None,
+    sweeps: Sweeps = None,
+    only_variants: OnlyVariants = None,
     out: Annotated[Path, typer.Option("--out", parser=_results_root,
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
@@ -224,10 +234,10 @@ def run(
 ) -> None:
     """Train every run the configs expand to, skipping runs that already finished.
 
-    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json}. Exit code: 0 when every run
-    completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
+    Writes <out>/<experiment>/<run_id>/{config.yaml,metrics.json,run.log}. Exit code: 0 when
+    every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
-    runs = _load(configs, overrides, backend.value if backend else None)
+    runs = _load(configs, overrides, sweeps, only_variants, backend.value if backend else None)
     if dry_run:
         from bncompare.backend import select_backend
 
@@ -236,8 +246,9 @@ def run(
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
+    from bncompare.callables import CallableError
     from bncompare.data import DataError
-    from bncompare.display import LiveDisplay, PlainDisplay
+    from bncompare.display import LiveDisplay, PlainDisplay, RunLog
     from bncompare.skipping import unfinished
 
     if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
@@ -255,7 +266,7 @@ def run(
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
             prepared = _check(runs, executor, jobs, device, address)
             interrupts.check()
-    except (DataError, DeviceError) as e:
+    except (DataError, DeviceError, CallableError) as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
@@ -263,8 +274,8 @@ def run(
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
         with display:
-            outcomes, interrupted = _train(runs, out, display, prepared, executor, jobs, device,
-                                           address, force)
+            outcomes, interrupted = _train(runs, out, RunLog(display, out), prepared, executor,
+                                           jobs, device, address, force)
     except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
         raise fail(str(e)) from None
     display.summary(outcomes)
@@ -290,6 +301,7 @@ def _check(runs: list[Run], executor: Executor, jobs: int, device: Device, addre
     # is loaded once to fail early, then released: the workers load their own copies.
     runner.load_data(runs)
     runner.release_data()
+    runner.check_own_models_apart(runs, device.value)
     if device is Device.gpu and not parallel.visible_gpus():
         raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
     return None
@@ -309,12 +321,13 @@ def _train(runs, out, display, prepared, executor, jobs, device, address, force)
 
 
 @app.command()
-def validate(configs: ConfigPaths, overrides: Overrides = None) -> None:
+def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps = None,
+             only_variants: OnlyVariants = None) -> None:
     """Check configs and print the runs each expands to. Exit code 2 when any is invalid."""
     invalid = 0
     for config in configs:
         try:
-            runs = on_backend(load_runs([config], overrides), _backend_name())
+            runs = on_backend(load_runs([config], overrides, sweeps, only_variants), _backend_name())
         except ConfigError as e:
             fail(str(e))
             invalid += 1
@@ -479,16 +492,22 @@ def compare(
     include_running: IncludeRunning = False,
     where: Where = None,
     experiment: ExperimentName = None,
+    tune: Annotated[Optional[str], typer.Option(
+        "--tune", metavar="KEY", help="Compare each variant at its own best value of this swept key "
+        "(best mean over seeds; with --metric test_accuracy, chosen by val_accuracy).")] = None,
 ) -> None:
-    """Paired comparison by seed of each variant with the baseline, per condition: mean difference
-    (variant − baseline) with its 95% t-interval, paired t-test p-value, wins and diverged seeds."""
+    """Paired comparison by seed of each variant with the baseline, per condition: every seed's
+    wins (a diverged run loses), a signed-rank test Holm-adjusted over the rows, and over the seeds
+    both trained the mean difference (variant − baseline) with its 95% t-interval, the t-test's
+    p-value and the seeds that would give it 80% power."""
     reduction = _reduction(reduce)
-    results = _results(results_dir, include_running, where, experiment, metric)
+    results = _results(results_dir, include_running, where, experiment)
     from bncompare.aggregate import BadFilter
-    from bncompare.compare import render, rows
+    from bncompare.compare import check_metric, render, rows
 
     try:
-        records = rows(results, metric, reduction, baseline)
+        check_metric(results, metric, tune)
+        records = rows(results, metric, reduction, baseline, tune)
     except BadFilter as e:
         raise fail(str(e)) from None
     if not records:
@@ -497,6 +516,82 @@ def compare(
     _print_rendered(render(results, records, table_format.value))
     if results.skipped:
         stderr.print(f"{results.runs} runs compared{_skipped_note(results)}.", soft_wrap=True)
+
+
+@app.command()
+def report(
+    results_dir: ResultsDir,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE.html", help="Write the page here (default: RESULTS_DIR/report.html).")] = None,
+    metric: MetricName = "val_accuracy",
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Write one self-contained HTML page of the results, to read and send: per experiment, what
+    each variant sets, the paired comparison in words, as a table and a forest plot, the figures,
+    the summary, warnings, settings, environment and the commands that reproduce it.
+
+    Nothing in the page loads from the network or runs a script. Exit code 2 when it cannot be
+    written (use --out).
+    """
+    target = out if out is not None else results_dir / "report.html"
+    if target.is_dir():
+        raise fail(f"--out {target}: is a directory; give a file name, e.g. --out report.html")
+    results = _results(results_dir, include_running, where, experiment, metric)
+    from bncompare.report import write
+
+    command = " ".join(shlex.quote(part) for part in ["bncompare", *sys.argv[1:]]) \
+        if Path(sys.argv[0]).name in ("bncompare", "__main__.py") else ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figures = write(results, target, metric, command)
+    except OSError as e:
+        raise fail(f"cannot write {target} ({e.strerror or e}); write it elsewhere with --out FILE.html") from None
+    stdout.print(escape(str(target)), soft_wrap=True)
+    stdout.print(f"{len(results.experiments)} experiment{'s' * (len(results.experiments) != 1)}, "
+                 f"{figures} figure{'s' * (figures != 1)}, {results.runs} "
+                 f"run{'s' * (results.runs != 1)}{_skipped_note(results)}.", soft_wrap=True)
+
+
+ExportFormat = _choices("ExportFormat", ("csv", "parquet", "jsonl"))
+
+
+@app.command()
+def export(
+    results_dir: ResultsDir,
+    table_format: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", help="csv | parquet | jsonl (default: from --out's suffix, else csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE", help="Write the table here (default: stdout; parquet needs a file).")] = None,
+    include_running: IncludeRunning = False,
+    where: Where = None,
+    experiment: ExperimentName = None,
+) -> None:
+    """Every eval point of every run as one table, for pandas: one row per run and eval point with
+    experiment, run_id, variant, status, seed, every param, step, epoch and every history series.
+    From Python: bncompare.load(RESULTS_DIR)."""
+    suffix = out.suffix.lstrip(".").lower() if out is not None else ""
+    fmt = table_format.value if table_format else suffix if suffix in ("csv", "parquet", "jsonl") else "csv"
+    if fmt == "parquet" and out is None:
+        raise fail("--format parquet is binary: give a file with --out FILE.parquet")
+    results = _results(results_dir, include_running, where, experiment)
+    from bncompare.export import ExportError, frame, render
+    from bncompare.results import write_bytes_atomic
+
+    try:
+        table = frame(results)
+        content = render(table, fmt)
+        if out is None:
+            typer.echo(content.decode(), nl=False)  # csv or jsonl: text
+            return
+        write_bytes_atomic(out, content)
+    except ExportError as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"--out {out}: cannot write: {e.strerror or e}") from None
+    stdout.print(f"{len(table):,} rows ({results.runs} run{'s' * (results.runs != 1)}) written to "
+                 f"{escape(str(out))}{_skipped_note(results)}.", soft_wrap=True)
 
 
 def _paragraphs(text: str) -> str:

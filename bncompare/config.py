@@ -23,8 +23,10 @@ from typing import Any, Callable
 
 import yaml
 
-from bncompare.schema import (DEFAULT_VARIANTS, MAX_STEPS, SCHEMA, SECTIONS, STRUCTURE_KEYS,
-                              short_integer)
+from bncompare.callables import KEYS as FUNCTION_KEYS
+from bncompare.callables import fingerprint, function_name, is_reference
+from bncompare.schema import (DEFAULT_VARIANTS, MAX_STEPS, MODEL_KINDS, SCHEMA, SECTIONS,
+                              STRUCTURE_KEYS, short_integer)
 
 # Training examples per dataset, so that an impossible train_limit is caught before any data loads.
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "synthetic": 2_000}
@@ -370,8 +372,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    """Read and validate one config file, with `--set KEY=VALUE` overrides applied."""
+def parse_sweep_option(text: str) -> tuple[str, Any, str]:
+    """`--sweep train.learning_rate=0.01,0.1` -> ("train.learning_rate", [0.01, 0.1], label), the
+    label naming the option in error messages.
+
+    The values are read as one YAML flow list, so a value may itself be a list:
+    `--sweep model.hidden=[64],[64,64]`.
+    """
+    key, sep, raw = text.partition("=")
+    key, label = key.strip(), set_label(text).replace("--set", "--sweep", 1)
+    if not sep or not key or not raw.strip():
+        raise ConfigError(f"{label}: expected KEY=V1,V2,..., e.g. --sweep train.learning_rate=0.01,0.1")
+    try:
+        values = parse_yaml(f"[{raw}]", label)[0]
+    except ConfigError:
+        raise ConfigError(f"{label}: the values are not a valid YAML list") from None
+    return key, values, label
+
+
+def _select_variants(variants: dict[str, dict[str, Any]], names: str) -> dict[str, dict[str, Any]]:
+    """`--variants bn,no_bn`: only those variants, in the config's order."""
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = list(variants or {"base": {}})
+    unknown = [name for name in wanted if name not in known]
+    if not wanted or unknown:
+        what = f"no variant {unknown[0]!r}" if unknown else "name at least one variant"
+        raise ConfigError(f"--variants {names}: {what} (variants: {', '.join(known)})")
+    return {name: variants[name] for name in known if name in wanted} if variants else variants
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None,
+                    sweeps: list[str] | None = None, only_variants: str | None = None) -> Experiment:
+    """Read and validate one config file, with `--set KEY=VALUE` overrides, `--sweep KEY=V1,V2`
+    axes and a `--variants A,B` selection applied (in that order)."""
     path = Path(path)
     data, lines = read_yaml(path)
     where = _Where(str(path), lines)
@@ -442,6 +475,15 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             if key not in set_keys and key not in NOT_VARIABLE:
                 set_keys.append(key)
 
+    for text in sweeps or []:  # crossed like `sweep:`; an axis of the file with its key is replaced
+        key, values, label = parse_sweep_option(text)
+        if key in set_keys:
+            raise ConfigError(f"{label}: {key} is also given by {origins[('set', key)]}; "
+                              f"set it in one place")
+        sweep.update(_parse_sweep({key: values}, _Where(label, {}), origins))
+    if only_variants is not None:
+        variants = _select_variants(variants, only_variants)
+
     for name, overrides_ in variants.items():
         for key in overrides_:
             if key in sweep:
@@ -473,8 +515,20 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
         raise ConfigError(f"{where(('train',), 'train.epochs')}: set train.epochs or train.steps")
     limit, dataset = params["data.train_limit"], params["data.dataset"]
     in_variant = f" (variant {variant})" if variant else ""
+    _resolve_functions(params, where)
+    if dataset not in TRAIN_SIZES:  # the researcher's own: its size is known once it is loaded
+        if params["record.test"]:  # a dataset function returns train and validation splits only
+            raise ConfigError(f"{where(('record', 'test'), 'record.test')}: data.dataset is a function, "
+                              "which has no test split; evaluate a split of your own in it instead"
+                              + in_variant)
+        _resolve_model(params, where, in_variant)
+        return params
     available = TRAIN_SIZES[dataset]
     validation = params["data.validation"]
+    if params["record.test"] and validation == "test":
+        raise ConfigError(f"{where(('record', 'test'), 'record.test')}: the test split is already the "
+                          "validation data (data.validation: test); hold out a fraction of the "
+                          "training split instead, e.g. data.validation: 0.1" + in_variant)
     if validation != "test":
         held_out = int(round(available * validation))  # as data.load_dataset splits
         if held_out < 1 or held_out >= available:
@@ -501,6 +555,20 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
                           f"{MAX_STEPS:,} per run" + in_variant)
     _resolve_model(params, where, in_variant)
     return params
+
+
+def _resolve_functions(params: dict[str, Any], where: _Where) -> None:
+    """A model or dataset given as a function: checked, and its file path made absolute (relative
+    to the config's folder), see bncompare/callables.py."""
+    from bncompare.callables import CallableError, resolve
+
+    for key in FUNCTION_KEYS:
+        if is_reference(params[key]):
+            try:
+                params[key] = resolve(key, params[key], Path(where.source).parent)
+            except CallableError as e:
+                raise ConfigError(f"{where(tuple(key.split('.')), key)}"
+                                  f"{str(e).removeprefix(key)}") from None
 
 
 # Options that only one normaliser reads, and that normaliser.
@@ -530,19 +598,9 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
     for key, owner in NORM_OPTIONS.items():
         if norm != owner:
             params[key] = copy.deepcopy(SCHEMA[key].default)
-    sizes = layer_sizes(params)
-    size_key = "model.hidden" if params["model.hidden"] else "model.depth"
-    kind = params["model.kind"]
-    if kind.startswith("res") and len(sizes) % 2:
-        raise error(size_key, f"{kind} is built from blocks of two layers: needs an even number of "
-                    f"hidden layers, got {len(sizes)}")
-    if params["model.skip_init"] and not kind.startswith("res"):
-        raise error("model.skip_init", f"needs a residual network (model.kind: resmlp or rescnn), "
-                    f"not {kind}")
-    if norm == "group" and any(size % params["model.groups"] for size in sizes):
-        what = "filters" if kind in CONVOLUTIONAL else "units"
-        raise error("model.groups", f"{params['model.groups']} groups do not divide the {what} of "
-                    f"every layer ({', '.join(map(str, sorted(set(sizes))))})")
+    if params["model.bn_noise"] is not None and norm == "none":
+        raise error("model.bn_noise", "adds noise after each normaliser, but this run has none "
+                    "(set model.norm or model.batch_norm: true)")
     if norm == "ghost" and params["train.batch_size"] % params["model.ghost_batch_size"]:
         raise error("model.ghost_batch_size", f"{params['model.ghost_batch_size']} does not divide "
                     f"train.batch_size {params['train.batch_size']}")
@@ -553,13 +611,25 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
         # Ghost BN keeps its statistics inside a custom layer, which bn_eval.py cannot re-run.
         raise error("model.norm", f"ghost cannot be evaluated with {', '.join(extra)} (they "
                     "re-run Keras BatchNormalization layers); use norm: batch for them")
+    kind = params["model.kind"]
+    if kind not in MODEL_KINDS:  # the researcher's own model: its layers are its business
+        return
+    sizes = layer_sizes(params)
+    size_key = "model.hidden" if params["model.hidden"] else "model.depth"
+    if kind.startswith("res") and len(sizes) % 2:
+        raise error(size_key, f"{kind} is built from blocks of two layers: needs an even number of "
+                    f"hidden layers, got {len(sizes)}")
+    if params["model.skip_init"] and not kind.startswith("res"):
+        raise error("model.skip_init", f"needs a residual network (model.kind: resmlp or rescnn), "
+                    f"not {kind}")
+    if norm == "group" and any(size % params["model.groups"] for size in sizes):
+        what = "filters" if kind in CONVOLUTIONAL else "units"
+        raise error("model.groups", f"{params['model.groups']} groups do not divide the {what} of "
+                    f"every layer ({', '.join(map(str, sorted(set(sizes))))})")
     if (params["model.bn_variance"] == "unbiased" and norm in ("batch", "renorm")
             and kind not in CONVOLUTIONAL and params["train.batch_size"] < 2):
         raise error("model.bn_variance", "unbiased multiplies by m/(m-1), m = train.batch_size: "
                     "needs a batch of at least 2")
-    if params["model.bn_noise"] is not None and norm == "none":
-        raise error("model.bn_noise", "adds noise after each normaliser, but this run has none "
-                    "(set model.norm or model.batch_norm: true)")
 
 
 def _format_value(value: Any) -> str:
@@ -577,6 +647,8 @@ def _format_value(value: Any) -> str:
 
 def _id_part(key: str, value: Any) -> str:
     short = SCHEMA[key].short or key.rsplit(".", 1)[-1]
+    if is_reference(value):  # a model or dataset function reads as its name, not its path
+        value = function_name(value)
     # None (`--set model.hidden=null`: not given) reads like false: `nohidden`, not `hiddenNone`.
     text = (f"no{short}" if value is False or value is None else short if value is True
             else short + _format_value(value))
@@ -586,8 +658,10 @@ def _id_part(key: str, value: Any) -> str:
 def identity(params: dict[str, Any]) -> dict[str, Any]:
     """The params that name a run: what it learns and records. Keys added after the first release
     count only when set to something other than their default (see `Option.added`), so a new key
-    never renames the runs of an older release."""
-    return {k: v for k, v in params.items()
+    never renames the runs of an older release. A model or dataset given as a function counts as
+    its name and a hash of its source file, not its path (see callables.fingerprint)."""
+    return {k: fingerprint(v) if is_reference(v) and k in FUNCTION_KEYS else v
+            for k, v in params.items()
             if k == "train.seed" or (SCHEMA[k].in_run_id
                                      and (SCHEMA[k].added == 1 or v != SCHEMA[k].default))}
 
@@ -729,11 +803,12 @@ def expand(experiment: Experiment) -> list[Run]:
     return runs
 
 
-def load_runs(paths: list[str | Path], overrides: list[str] | None = None) -> list[Run]:
+def load_runs(paths: list[str | Path], overrides: list[str] | None = None,
+              sweeps: list[str] | None = None, only_variants: str | None = None) -> list[Run]:
     """Load every config, expand it, and drop exact duplicates (same experiment and run id)."""
     runs: dict[tuple[str, str], Run] = {}
     for path in paths:
-        for run in expand(load_experiment(path, overrides)):
+        for run in expand(load_experiment(path, overrides, sweeps, only_variants)):
             runs.setdefault((run.experiment, run.run_id), run)
     return list(runs.values())
 

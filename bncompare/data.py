@@ -14,8 +14,11 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from bncompare.callables import is_reference
 
 DATA_DIR_VARIABLE = "BNCOMPARE_DATA_DIR"
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2_000, 500
@@ -48,25 +51,45 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-@functools.lru_cache(maxsize=8)
-def load_dataset(name: str, validation: str | float = "test", train_limit: int | None = None) -> Dataset:
+def load_dataset(name: str, validation: str | float = "test", train_limit: int | None = None,
+                 params: dict[str, Any] | None = None) -> Dataset:
     """The named dataset split into training and validation data as the config asks.
 
-    Cached: every run of a process that asks for the same split gets the same object (the splits
+    A researcher's own dataset (`data.dataset: "module:function"`) is called with `params`, the
+    resolved config of the first run that asks for it in this process; runs with the same data.*
+    keys share its arrays, as they share a built-in dataset's.
+    """
+    if is_reference(name) and name not in _OWN:
+        _OWN[name] = _own_dataset(name, params or {})
+    return _split(name, validation, train_limit)
+
+
+@functools.lru_cache(maxsize=8)
+def _split(name: str, validation: str | float, train_limit: int | None) -> Dataset:
+    """Cached: every run of a process that asks for the same split gets the same object (the splits
     are views of one copy), so per-dataset work keyed on it, such as the tensors train.py keeps,
     is done once per process, not once per run.
     """
-    x_train, y_train, x_test, y_test = _raw(name)
+    x_train, y_train, x_test, y_test = _OWN[name] if name in _OWN else _raw(name)
     if validation == "test":
         x_val, y_val = x_test, y_test
     else:
         # The last fraction of the training split, as Keras's validation_split does.
         cut = len(x_train) - int(round(len(x_train) * float(validation)))
         x_train, y_train, x_val, y_val = x_train[:cut], y_train[:cut], x_train[cut:], y_train[cut:]
+    if is_reference(name) and (len(x_train) == 0 or len(x_val) == 0):
+        raise DataError(f"data.dataset: {name}: data.validation {validation:g} of its "
+                        f"{len(_OWN[name][0])} training examples leaves "
+                        f"{'no validation' if len(x_val) == 0 else 'no training'} examples")
     if train_limit is not None:
         x_train, y_train = x_train[:train_limit], y_train[:train_limit]
     classes = int(max(y_train.max(), y_val.max())) + 1
     return Dataset(name, x_train, y_train, x_val, y_val, classes)
+
+
+def test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The named dataset's test split (x, y), for `record.test` when validation is held out."""
+    return _raw(name)[2:]
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,6 +104,56 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x_train, y_train, x_test, y_test = arrays
     _check_splits(name, source, x_train, y_train, x_test, y_test)
     return _images(x_train), _labels(y_train), _images(x_test), _labels(y_test)
+
+
+_OWN: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def clear_caches() -> None:
+    """Drop this process's datasets (the parent of --jobs workers needs none)."""
+    _split.cache_clear()
+    _raw.cache_clear()
+    _OWN.clear()
+
+
+def _own_dataset(name: str, params: dict[str, Any]):
+    """A researcher's dataset function's arrays, checked and converted as a built-in dataset's are
+    (float32 images, int32 labels); a DataError naming the key and the function's file if not."""
+    from bncompare.callables import CallableError, load, one_line
+
+    try:
+        function = load("data.dataset", name)
+    except CallableError as e:
+        raise DataError(str(e)) from None
+    try:
+        made = function(params)
+    except Exception as e:  # noqa: BLE001 - the user's function raised: say where, in one line
+        raise DataError(f"data.dataset: {name}: raised {one_line(e)}") from None
+    where = f"data.dataset: {name}"
+    expected = "(x_train, y_train, x_val, y_val) NumPy arrays with integer labels"
+    if not isinstance(made, (tuple, list)) or len(made) != 4:
+        raise DataError(f"{where}: returned {type(made).__name__}"
+                        f"{f' of {len(made)}' if isinstance(made, (tuple, list)) else ''}; "
+                        f"expected {expected}")
+    arrays = []
+    for label, value in zip(("x_train", "y_train", "x_val", "y_val"), made):
+        if not isinstance(value, np.ndarray):
+            raise DataError(f"{where}: {label} is {type(value).__name__}; expected {expected}")
+        arrays.append(value)
+    x_train, y_train, x_val, y_val = arrays
+    for label, y in (("y_train", y_train), ("y_val", y_val)):
+        if not np.issubdtype(y.dtype, np.integer) or y.size and y.min() < 0:
+            raise DataError(f"{where}: {label} holds {y.dtype} values"
+                            f"{' below 0' if np.issubdtype(y.dtype, np.integer) else ''}; "
+                            f"expected integer class labels 0, 1, ...")
+    for split, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
+        if x.ndim < 2 or len(x) == 0 or y.size != len(x):
+            raise DataError(f"{where}: x_{split} {x.shape} and y_{split} {y.shape}: expected N "
+                            f"examples and N labels, N > 0")
+    if x_train.shape[1:] != x_val.shape[1:]:
+        raise DataError(f"{where}: x_train {x_train.shape} and x_val {x_val.shape} differ in shape")
+    return (x_train.astype(np.float32, copy=False), _labels(y_train),
+            x_val.astype(np.float32, copy=False), _labels(y_val))
 
 
 def _check_splits(name: str, source: str, x_train, y_train, x_test, y_test) -> None:

@@ -231,6 +231,96 @@ class LiveDisplay(PlainDisplay):
         self.progress.update(self.sweep_task, eta=f"eta {_duration(seconds)}")
 
 
+class RunLog(Listener):
+    """Passes every event on to the display, and appends what the plain display shows for a run to
+    that run's run.log: a header when it starts, its eval-point lines, its warnings (each in full:
+    the terminal shows only the sweep's first) and its final status. A retried run's log keeps the
+    earlier attempts above the new header. One short append per eval point: training does not
+    notice it."""
+
+    def __init__(self, display: Listener, out: Path):
+        import io
+
+        self.display, self.out = display, out
+        self.buffer = io.StringIO()
+        # Plain text whatever the terminal: no colours, no wrapping of long lines.
+        self.plain = PlainDisplay(Console(file=self.buffer, width=100_000, no_color=True,
+                                          highlight=False, force_terminal=False), out)
+        self.runs: dict[int, Any] = {}  # slot -> the run it trains
+
+    def _printed(self) -> str:
+        """What the plain display printed since the last call."""
+        text = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return text
+
+    def _append(self, run, text: str) -> None:
+        from bncompare.results import RUN_LOG, append_atomic, make_directories
+        from bncompare.skipping import run_dir
+
+        try:
+            folder = run_dir(run, self.out)
+            make_directories(folder, self.out)  # refuses a run directory that is a symbolic link
+            append_atomic(folder / RUN_LOG, text)
+        except OSError:  # a full or read-only disk (or a planted link) fails the run, which says so
+            pass
+
+    def sweep_started(self, runs) -> None:
+        self.plain.sweep_started(runs)
+        self.display.sweep_started(runs)
+
+    def compiling(self, run, slot: int = 0) -> None:
+        self.display.compiling(run, slot)
+
+    def started(self, run, schedule, slot: int = 0) -> None:
+        from bncompare import __version__
+        from bncompare.results import now
+
+        self.runs[slot] = run
+        self.plain.started(run, schedule, slot)
+        self._append(run, f"bncompare {__version__}: {self.plain.number(run)} {run.run_id} started "
+                          f"at {now()} ({schedule.total_steps} steps)\n")
+        self.display.started(run, schedule, slot)
+
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
+        self.display.step(step, loss, accuracy, slot)
+
+    def point(self, point: dict[str, Any], slot: int = 0) -> None:
+        self.plain.point(point, slot)
+        self._append(self.runs[slot], self._printed())
+        self.display.point(point, slot)
+
+    def warning(self, run, text: str, slot: int = 0) -> None:
+        self._append(run, f"warning: {run.run_id}: {text}\n")
+        self.display.warning(run, text, slot)
+
+    def run_finished(self, outcome, slot: int = 0) -> None:
+        self.plain.run_finished(outcome, slot)
+        printed = self._printed()
+        if outcome.status == "failed":  # the terminal shows the error's first line; this, all of it
+            printed += _error_of(outcome.run, self.out)
+        if outcome.status not in NOT_TRAINED:  # else its directory is another invocation's record
+            self._append(outcome.run, printed)
+        self.display.run_finished(outcome, slot)
+
+    def waiting(self, runs) -> None:
+        self.display.waiting(runs)
+
+
+def _error_of(run, out: Path) -> str:
+    """A failed run's error with its traceback, from its metrics.json, indented under the line
+    that reports it ("" when there is none to read)."""
+    from bncompare.results import UnreadableRun, read_run
+    from bncompare.skipping import run_dir
+
+    try:
+        error = read_run(run_dir(run, out)).metrics.get("error")
+    except (UnreadableRun, OSError, ValueError):
+        return ""
+    return "".join(f"    {line}\n" for line in error.splitlines()) if isinstance(error, str) else ""
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -31,6 +31,8 @@ same metrics with them on or off.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,8 @@ class Instruments:
         self.activations = params["record.activations"]
         self.gradients = params["record.gradients"]
         self.tensorboard = params["record.tensorboard"]
-        examples = PROBE_EXAMPLES[params["model.kind"]]
+        # A researcher's own model may be convolutional: the smaller probe is safe for either.
+        examples = PROBE_EXAMPLES.get(params["model.kind"], PROBE_EXAMPLES["cnn"])
         self.x_probe, self.y_probe = data.x_val[:examples], data.y_val[:examples]
         self._subsets: dict[str, np.ndarray] = {}
         self.seconds = 0.0  # time spent measuring, for cost reports; not part of the run's metrics
@@ -80,13 +83,30 @@ class Instruments:
         self.seconds += time.perf_counter() - started
         return blocks
 
+    def start_session(self, run) -> str | None:
+        """With record.tensorboard: the run's variant and params as TensorBoard HParams data (the
+        dashboard's columns). A warning to show when that cannot be written, else None."""
+        if self._writer is None:
+            return None
+        return self._writer.hparams_start(run)
+
+    def end_session(self, status: str, final: dict[str, Any], step: int) -> None:
+        """With record.tensorboard: the run's final metrics (scalars `final/<name>`, the HParams
+        dashboard's metric columns) and its end."""
+        if self._writer is not None:
+            self._writer.hparams_end(status, final, step)
+
     def _nonlinearity_inputs(self, model) -> dict[str, np.ndarray]:
         """{"layer_1": values, ...}: the inputs of layers act_1, act_2... on the probe batch."""
         keras = import_keras()
         if self._probe_model is None:
-            names = sorted((layer.name for layer in model.layers if layer.name.startswith("act_")),
+            # act_{i} only: a researcher's model may have an `act_out` of its own.
+            names = sorted((layer.name for layer in model.layers
+                            if re.fullmatch(r"act_\d+", layer.name)),
                            key=lambda name: int(name.split("_")[1]))
             self._layer_keys = [f"layer_{name.split('_')[1]}" for name in names]
+            if not names:  # a researcher's model without act_{i} layers: nothing to measure
+                return {}
             self._probe_model = keras.Model(model.input,
                                             [model.get_layer(name).input for name in names])
         outputs = self._probe_model(self.x_probe, training=False)
@@ -163,6 +183,7 @@ class _SummaryWriter:
         for stale in run_dir.glob(TENSORBOARD_EVENTS):
             stale.unlink()
         self._writer = tf.summary.create_file_writer(str(run_dir))
+        self.hparams_started = False
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         with self._writer.as_default():
@@ -177,5 +198,43 @@ class _SummaryWriter:
             self._tf.summary.write(tag, self._tf.constant(buckets, self._tf.float64), step=step,
                                    metadata=self._histograms)
 
+    def hparams_start(self, run) -> str | None:
+        try:
+            from tensorboard.plugins.hparams import summary_v2
+        except ImportError:  # the protos of the HParams plugin ship with TensorBoard only
+            return ("record.tensorboard: HParams (the sweep's params in TensorBoard's HParams "
+                    'dashboard) need the tensorboard package: pip install "bncompare[tensorboard]"')
+        self._raw(summary_v2.hparams_pb(hparams_of(run), trial_id=f"{run.experiment}/{run.run_id}"))
+        self.hparams_started = True
+        return None
+
+    def hparams_end(self, status: str, final: dict[str, Any], step: int) -> None:
+        for name, value in final.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.scalar(f"final/{name}", value, step)
+        if self.hparams_started:
+            from tensorboard.plugins.hparams import api_pb2
+            from tensorboard.plugins.hparams import summary as summary_v1
+
+            # TensorBoard's statuses: a diverged run is a finished result, as for bncompare.
+            ended = {"completed": api_pb2.STATUS_SUCCESS, "diverged": api_pb2.STATUS_SUCCESS,
+                     "failed": api_pb2.STATUS_FAILURE}.get(status, api_pb2.STATUS_UNKNOWN)
+            self._raw(summary_v1.session_end_pb(ended))
+        self.flush()
+
+    def _raw(self, summary) -> None:
+        with self._writer.as_default():
+            self._tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
+
     def flush(self) -> None:
         self._writer.flush()
+
+
+def hparams_of(run) -> dict[str, Any]:
+    """The HParams of a run: its variant and every param, as TensorBoard takes them (bool, number
+    or text: lists and mappings as their JSON text; null params left out)."""
+    values = {"variant": run.variant}
+    for key, value in run.params.items():
+        if value is not None:
+            values[key] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    return values

@@ -157,6 +157,7 @@ class Recorder:
                                   or params.get("record.train_eval", 0) > 0
                                   or params.get("model.bn_variance", "biased") == "unbiased")
         self.lag_warned = False
+        self.model = None  # the last model an engine reported: the final one when training ends
         self.limit = math.inf
         self.status: str | None = None  # set when the run ends
 
@@ -168,6 +169,9 @@ class Recorder:
         """The untrained model's mean loss on the first START_PROBE training examples."""
         self.limit = explosion_limit(float(start_loss), self.classes)
         self.listener.started(self.run, self.schedule, slot=self.slot)
+        problem = self.instruments.start_session(self.run)
+        if problem:
+            self._warn(problem)
 
     def block(self, step: int, loss: float, accuracy: float) -> bool:
         """After a compiled call: the mean training loss and accuracy since the last eval point."""
@@ -187,6 +191,7 @@ class Recorder:
         `record.landscape`...) measure it first, on a snapshot: training is not changed."""
         if not self.active:
             return False
+        self.model = model if model is not None else self.model
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
         if model is not None and self.extra_evaluations and not _bad(point.get("val_loss")):
             from bncompare.bn_eval import extra_history  # record.bn_eval, train_eval, bn_variance
@@ -218,17 +223,39 @@ class Recorder:
         text = lag_warning(self.run.params, step)
         if text:
             self.lag_warned = True
-            self.metrics.data.setdefault("warnings", []).append(text)
-            self.listener.warning(self.run, text, slot=self.slot)
+            self._warn(text)
+
+    def _warn(self, text: str) -> None:
+        """A warning kept in the run's metrics.json and shown."""
+        self.metrics.data.setdefault("warnings", []).append(text)
+        self.listener.warning(self.run, text, slot=self.slot)
+
+    def test_scores(self) -> dict[str, float]:
+        """`record.test`: the final model's test_loss and test_accuracy on the test split, with the
+        statistics val_loss uses; {} when not asked for or the run did not train to the end."""
+        if not self.run.params.get("record.test") or not self.active:
+            return {}
+        if self.model is None:
+            raise RuntimeError("record.test: the engine reported no model to evaluate")
+        from bncompare.bn_eval import evaluate
+        from bncompare.data import test_split
+
+        x, y = test_split(self.run.params["data.dataset"])
+        loss, accuracy = evaluate(self.model, x, y, "moving", batch_size=self.run.params["train.batch_size"],
+                                  unbiased=self.run.params.get("model.bn_variance") == "unbiased")
+        return {"test_loss": loss, "test_accuracy": accuracy}
 
     def diverged(self, step: int) -> None:
         self.finish("diverged", diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})
 
-    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
+    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None,
+               final: dict[str, Any] | None = None) -> None:
         if not self.active:
             return
         self.status = status
-        self.metrics.finish(status, diverged_at=diverged_at, error=error)
+        self.metrics.finish(status, diverged_at=diverged_at, error=error, final=final)
+        steps = self.metrics.data["history"].get("step") or [0]
+        self.instruments.end_session(status, self.metrics.data.get("final") or {}, steps[-1])
 
 
 @dataclass
@@ -261,6 +288,7 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
         listener.compiling(member.run, slot=member.slot)
     try:
         compile_seconds = engine.train(members, data)
+        tested = [recorder.test_scores() for recorder in recorders]  # once per run, whatever the engine
     except KeyboardInterrupt:
         _finish_rest(recorders, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
         raise
@@ -269,8 +297,8 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
         if refused:  # not even the failure could be written: the caller says which file and why
             raise refused from e
         return recorders
-    for recorder in recorders:
-        recorder.finish("completed")
+    for recorder, scores in zip(recorders, tested):
+        recorder.finish("completed", final=scores)
         if compile_seconds and recorder.status in FINISHED:
             recorder.metrics.exclude_compile(compile_seconds)
     return recorders

@@ -14,19 +14,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bncompare.backend import import_keras
+from bncompare.callables import CallableError
 from bncompare.layers import layer_classes
 from bncompare.schema import SCHEMA
+
+
+class ModelError(CallableError):
+    """A researcher's model function that did not return a usable model; says why in one line."""
 
 
 def build_model(params: dict[str, Any], input_shape: tuple[int, ...], classes: int):
     """The Keras model a run's params describe (uncompiled)."""
     keras = import_keras()
-    builder = BUILDERS[params["model.kind"]]
     # Layers take the dtype policy in force when they are made; restoring it afterwards keeps one
     # run's mixed precision from leaking into the next model built in this process.
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(params.get("train.precision", "float32"))
     try:
+        if params["model.kind"] not in BUILDERS:
+            return _own_model(keras, params, input_shape, classes)
+        builder = BUILDERS[params["model.kind"]]
         inputs = keras.Input(shape=input_shape, name="image")
         x = builder(keras, params, inputs)
         # The output is the logits, in float32 (float16 underflows in the loss). The loss applies the
@@ -38,6 +45,56 @@ def build_model(params: dict[str, Any], input_shape: tuple[int, ...], classes: i
         return keras.Model(inputs, outputs, name=f"{params['model.kind']}")
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _own_model(keras, params: dict[str, Any], input_shape: tuple[int, ...], classes: int):
+    """A researcher's model function (`model.kind: "module:function"`), called as
+    function(input_shape, num_classes, norm, params), and checked: a Keras model with logits."""
+    from bncompare.callables import load, one_line
+
+    kind = params["model.kind"]
+    function = load("model.kind", kind)
+    try:
+        made = function(tuple(input_shape), classes, NormFactory(keras, params), params)
+    except Exception as e:  # noqa: BLE001 - the user's function raised: say where, in one line
+        raise ModelError(f"model.kind: {kind}: raised {one_line(e)}") from None
+    if not isinstance(made, keras.Model):
+        raise ModelError(f"model.kind: {kind}: returned {type(made).__name__}, not a keras.Model")
+    try:
+        output = made.compute_output_spec(keras.KerasTensor((None, *input_shape)))
+    except Exception as e:  # noqa: BLE001 - the user's model: say what went wrong, in one line
+        raise ModelError(f"model.kind: {kind}: the model cannot take inputs of shape "
+                         f"{(None, *input_shape)}: {type(e).__name__}: {str(e).strip()[:300]}") from None
+    shape = tuple(output.shape) if hasattr(output, "shape") else f"{type(output).__name__} of outputs"
+    if shape[1:] != (classes,):
+        raise ModelError(f"model.kind: {kind}: outputs {shape}; expected (None, {classes}): one "
+                         f"logit per class, without softmax")
+    last = made.layers[-1] if made.layers else None
+    if getattr(getattr(last, "activation", None), "__name__", "") == "softmax":
+        raise ModelError(f"model.kind: {kind}: its last layer applies softmax; return the logits "
+                         f"(bncompare's loss applies the softmax itself)")
+    return made
+
+
+class NormFactory:
+    """`norm()` for a researcher's model: each call makes a new layer of the run's normaliser
+    (`model.norm`/`batch_norm`, momentum, epsilon, noise), named bn_1, bn_2... as bncompare's own
+    models name theirs, or an Identity layer for `none`; one model function serves every variant."""
+
+    def __init__(self, keras, params: dict[str, Any]):
+        self.keras, self.params, self.count = keras, params, 0
+
+    def __call__(self):
+        keras, params = self.keras, self.params
+        self.count += 1
+        if norm_of(params) == "none":
+            return keras.layers.Identity(name=f"identity_{self.count}")
+        layer = _normaliser(keras, params, f"bn_{self.count}")
+        noise = _option(params, "model.bn_noise")
+        if noise is None:
+            return layer
+        return keras.Sequential([layer, layer_classes()["NoiseAfterNorm"](
+            noise["mean"], noise["std"], name=f"noise_{self.count}")], name=f"noisy_bn_{self.count}")
 
 
 def loss_function(keras):

@@ -217,6 +217,20 @@ def save(figure: Figure, path: Path, fmt: str) -> Path:
     return path
 
 
+def render(figure: Figure, fmt: str = "svg") -> bytes:
+    """A figure's file content in memory, for pages that inline their figures (`bncompare report`).
+
+    Call inside `rc_context(STYLE)`, as `plot_results` draws. No date in the metadata: the same
+    results give the same bytes.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+    figure.savefig(buffer, format=fmt, metadata=metadata)
+    return buffer.getvalue()
+
+
 def safe_name(text: str) -> str:
     """A single, harmless file or folder name made from text read from disk: no separators, no
     leading dot (so never '.' or '..'), no control characters, bounded length (with a hash when cut,
@@ -405,6 +419,39 @@ def gradients_figure(experiment: ExperimentResults, facets: tuple, conditions: l
     variants = [v for v in experiment.variants if any(c.variant == v for c in recorded)]
     _header(figure, experiment, f"gradient norm of each layer's weights, {_over(recorded)}", None,
             facets, variants=variants)
+    return figure
+
+
+def forest_figure(experiment: ExperimentResults, records: list[dict[str, Any]],
+                  labels: list[str]) -> Figure:
+    """`bncompare compare`'s rows as a forest plot, first row on top: each row's mean paired
+    difference (variant − baseline) with its 95% interval, and a line at 0. A row with one pair has
+    no interval (a point); a row with no pair says so."""
+    rows = len(records)
+    figure = Figure(figsize=(MIN_WIDTH + 1.2, 0.3 * rows + 1.6), layout="constrained")
+    ax = figure.add_subplot()
+    for i, (record, label) in enumerate(zip(records, labels)):
+        y, tint = rows - 1 - i, colour(record["variant"])
+        if record.get("mean_diff") is None:
+            ax.text(0.02, y, "no seed finished in both", transform=ax.get_yaxis_transform(),
+                    va="center", color="0.4")
+            continue
+        if record.get("ci_low") is not None and record.get("ci_high") is not None:
+            ax.plot([record["ci_low"], record["ci_high"]], [y, y], color=tint, linewidth=2,
+                    solid_capstyle="butt")
+        ax.plot([record["mean_diff"]], [y], color=tint, marker="o", markersize=5, linestyle="none")
+    ax.axvline(0, color="0.3", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(rows), [textwrap.shorten(label, 60, placeholder="...") for label in labels][::-1])
+    ax.set_ylim(-0.7, rows - 0.3)
+    ax.grid(axis="y", visible=False)
+    first = records[0]
+    better = "lower" if lower_is_better(first["metric"]) else "higher"
+    ax.margins(x=0.1)
+    ax.set_xlabel(f"variant − baseline: difference in\n{metric_label(first['metric']).split(' (')[0]} "
+                  f"({better} is better)")
+    variants = [v for v in experiment.variants if any(r["variant"] == v for r in records)]
+    _header(figure, experiment, f"paired difference by seed, mean and 95% t-interval "
+            f"({first.get('reduce', 'final')} {first['metric']})", None, variants=variants)
     return figure
 
 
@@ -628,7 +675,13 @@ def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
 def caption(experiment: ExperimentResults, exclude: tuple[str, ...] = ()) -> str:
     """The settings every run of the figure shares, in one line:
     'mnist, mlp 256-128 relu, adam lr 0.001, batch 32, 5 epochs, all training examples'."""
+    from bncompare.callables import function_name, is_reference
+
     shared = {k: v for k, v in experiment.shared.items() if k not in exclude}
+    if is_reference(shared.get("model.kind")):  # a researcher's model: its name, not our sizes
+        shared = {k: v for k, v in shared.items() if k not in (
+            "model.hidden", "model.depth", "model.width", "model.activation")}
+    shared.update({k: function_name(v) for k, v in shared.items() if is_reference(v)})
     parts = []
     if "data.dataset" in shared:
         parts.append(str(shared["data.dataset"]))

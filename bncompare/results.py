@@ -34,6 +34,7 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # results; a rerun skips them
 HISTORY_KEYS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 METRICS_FILE, CONFIG_FILE, CLAIM_FILE = "metrics.json", "config.yaml", ".claim"
+RUN_LOG = "run.log"  # what the terminal showed for the run (display.RunLog)
 
 
 def now() -> str:
@@ -93,6 +94,17 @@ def write_bytes_atomic(path: Path, content: bytes) -> None:
         if isinstance(e, OSError):
             raise _naming(e, path) from None
         raise
+
+
+def append_atomic(path: Path, text: str) -> None:
+    """Append `text` with one write to a file opened for appending: concurrent readers and writers
+    see either none of it or all of it, after what was there (a log, never rewritten)."""
+    # O_NOFOLLOW: a log planted as a symbolic link must not have its target appended to.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def _naming(error: OSError, path: Path) -> OSError:
@@ -277,7 +289,9 @@ class MetricsFile:
         append_series(self.data, blocks or {})
         self.save()
 
-    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None) -> None:
+    def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None,
+               final: dict[str, Any] | None = None) -> None:
+        """Record how the run ended; `final` adds entries to `final` (record.test's test scores)."""
         history = self.data["history"]
         accuracies = [a for a in history["val_accuracy"] if a is not None and math.isfinite(a)]
         last = {key: history[key][-1] for key in HISTORY_KEYS} if history["step"] else {}
@@ -285,6 +299,7 @@ class MetricsFile:
             "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
             "best_val_accuracy": max(accuracies) if accuracies else None,
             "train_seconds": last.get("seconds"),
+            **(final or {}),
         }
 
         self.data.update(status=status, diverged_at=diverged_at, error=error, finished_at=now())

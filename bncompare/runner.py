@@ -42,7 +42,56 @@ def prepare(runs: list[Run], device: str) -> Prepared:
     select_device(device)
     keras = import_keras()
     described = check_device(device)
-    return Prepared(load_data(runs), environment(keras, described))
+    datasets = load_data(runs)
+    check_own_models(runs, datasets)
+    return Prepared(datasets, environment(keras, described))
+
+
+def check_own_models_apart(runs: list[Run], device: str) -> None:
+    """`check_own_models` in a child process, for a parent that must not import the backend (the
+    parent of --jobs workers: the GPU memory it would hold is theirs). Raises CallableError."""
+    import multiprocessing
+
+    from bncompare.callables import CallableError, is_reference
+
+    own = [run for run in runs if is_reference(run["model.kind"])]
+    if not own:
+        return
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        problem = pool.apply(_check_in_child, (own, device))
+    if problem:
+        raise CallableError(problem)
+
+
+def _check_in_child(runs: list[Run], device: str) -> str | None:
+    from bncompare.callables import CallableError
+    from bncompare.data import DataError
+
+    try:
+        prepare(runs, device)
+    except (CallableError, DataError) as e:
+        return str(e)
+    return None
+
+
+_CHECKED_MODELS: set[tuple] = set()  # once per process: --jobs workers prepare every group
+
+
+def check_own_models(runs: list[Run], datasets: dict[tuple, Any]) -> None:
+    """Build each researcher's model (`model.kind: "module:function"`) once per dataset, so that an
+    import error or a model without logits is an error before anything is written (CallableError).
+    """
+    from bncompare.callables import fingerprint, is_reference
+    from bncompare.models import build_model
+
+    for run in runs:
+        if not is_reference(run["model.kind"]):
+            continue
+        key = (fingerprint(run["model.kind"]), data_key(run))
+        if key not in _CHECKED_MODELS:
+            data = datasets[data_key(run)]
+            build_model(run.params, data.input_shape, data.classes)
+            _CHECKED_MODELS.add(key)
 
 
 def load_data(runs: list[Run]) -> dict[tuple, Any]:
@@ -52,27 +101,26 @@ def load_data(runs: list[Run]) -> dict[tuple, Any]:
     datasets = {}
     for run in runs:
         if data_key(run) not in datasets:
-            datasets[data_key(run)] = load_dataset(*data_key(run))
+            datasets[data_key(run)] = load_dataset(*data_key(run), params=run.params)
     return datasets
 
 
 def release_data() -> None:
     """Drop this process's cached datasets (the parent of --jobs workers needs none)."""
-    from bncompare.data import _raw, load_dataset
+    from bncompare.data import clear_caches
 
-    load_dataset.cache_clear()
-    _raw.cache_clear()
+    clear_caches()
 
 
 def environment(keras, device: str) -> dict[str, Any]:
     """Versions and machine, recorded in every metrics.json."""
-    from bncompare.backend import threads
+    from bncompare.backend import cpu, threads
 
     backend = keras.backend.backend()
     return {"bncompare": __version__, "python": platform.python_version(),
             "tensorflow": _installed("tensorflow"), "keras": keras.__version__, "backend": backend,
             **({backend: _installed(backend)} if backend != "tensorflow" else {}),
-            "device": device, "threads": threads(), "git_commit": _git_commit(),
+            "device": device, "threads": threads(), **cpu(), "git_commit": _git_commit(),
             "hostname": socket.gethostname()}
 
 

@@ -20,6 +20,8 @@ MAX_DEPTH = 256  # hidden layers / conv blocks
 MAX_WIDTH = 100_000  # units or filters per layer
 MAX_STEPS = 10**8  # optimizer steps of one run, whether given as train.steps or train.epochs
 MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+MAX_BATCH = 2**31 - 1  # TensorFlow's tensor dimensions are 32-bit (a dataset function's size is
+# known only once loaded; a built-in dataset's bounds the batch further, in config._resolve)
 MAX_FACTORS = 32  # record.landscape_factors: each costs a gradient evaluation at every eval point
 
 
@@ -105,6 +107,23 @@ def one_of(*choices: str) -> Check:
         raise ValueError(f"expected one of {', '.join(choices)}; got {_describe(value)}")
 
     check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+def name_or_function(*choices: str) -> Check:
+    """One of the built-in names, or a researcher's own function (bncompare/callables.py)."""
+
+    def check(value: Any) -> str:
+        if value in choices and isinstance(value, str):
+            return value
+        if isinstance(value, str) and ":" in value:
+            from bncompare.callables import check_syntax
+
+            return check_syntax(value)
+        names = ", ".join(choices)
+        raise ValueError(f'expected one of {names}, or a function as "package.module:function" or '
+                         f'"file.py:function"; got {_describe(value)}')
+
     return check
 
 
@@ -292,8 +311,11 @@ SCHEMA: dict[str, Option] = {
     "name": Option(None, "experiment name: results are written to <out>/<name>/ "
                    "(default: the config file's name)", optional(str)),
     # data
-    "data.dataset": Option("mnist", "mnist | fashion_mnist | cifar10 | synthetic (small, for tests)",
-                           one_of(*DATASETS), short="data"),
+    "data.dataset": Option("mnist", "mnist | fashion_mnist | cifar10 | synthetic (small, for tests) "
+                           '| your own: "package.module:function" or "file.py:function" (relative '
+                           "to the config), called as function(params) and returning (x_train, "
+                           "y_train, x_val, y_val) NumPy arrays with integer labels",
+                           name_or_function(*DATASETS), short="data"),
     "data.validation": Option("test", '"test" (evaluate on the test split) or a fraction of the '
                               "training split held out, e.g. 0.1 (its last 10%, as Keras does)",
                               either("test", number(above=0, below=1), "a fraction between 0 and 1"),
@@ -302,8 +324,11 @@ SCHEMA: dict[str, Option] = {
                                optional(integer(minimum=1)), short="n"),
     # model
     "model.kind": Option("mlp", "mlp | cnn | resmlp | rescnn (pre-activation residual versions: "
-                         "a stem, then blocks of two hidden layers with a skip connection)",
-                         one_of(*MODEL_KINDS), short="kind"),
+                         "a stem, then blocks of two hidden layers with a skip connection) | your "
+                         'own: "package.module:function" or "file.py:function", called as '
+                         "function(input_shape, num_classes, norm, params) and returning a Keras "
+                         "model that outputs logits; norm() makes the run's normaliser layer",
+                         name_or_function(*MODEL_KINDS), short="kind"),
     "model.depth": Option(2, "hidden layers (mlp, resmlp) or conv blocks (cnn, rescnn), at most "
                           f"{MAX_DEPTH}; residual networks have depth/2 blocks of two, so depth "
                           "must be even there", integer(minimum=1, maximum=MAX_DEPTH),
@@ -363,7 +388,8 @@ SCHEMA: dict[str, Option] = {
                              number(minimum=0, below=1), short="mom"),
     "train.weight_decay": Option(0.0, "decoupled weight decay applied by the optimizer (0: none)",
                                  number(minimum=0), short="wd"),
-    "train.batch_size": Option(32, "examples per optimizer step", integer(minimum=1), short="bs"),
+    "train.batch_size": Option(32, "examples per optimizer step (at most the training examples)",
+                               integer(minimum=1, maximum=MAX_BATCH), short="bs"),
     "train.epochs": Option(5, "passes over the training data (ignored when steps is set)",
                            optional(integer(minimum=1, maximum=MAX_STEPS)), short="ep"),
     "train.steps": Option(None, f"total optimizer steps (at most {MAX_STEPS:,}); overrides "
@@ -415,6 +441,11 @@ SCHEMA: dict[str, Option] = {
         0, "N > 0: evaluate the first N training examples in inference mode at each eval point "
         "(train_eval_loss, train_eval_accuracy: the generalisation gap without dropout or batch "
         "statistics) | 0: off", integer(minimum=0), short="traineval", added=2),
+    "record.test": Option(False, "evaluate the test split once, at the end of training, with the "
+                          "statistics val_loss uses (final.test_loss, final.test_accuracy); needs "
+                          "data.validation a held-out fraction, so that settings chosen on validation "
+                          "are reported on data nothing was chosen on", boolean, short="test",
+                          added=3),
     "record.tensorboard": Option(False, "write TensorBoard event files into each run directory",
                                  boolean, in_run_id=False),
     "record.eval_at_start": Option(False, "an eval point at step 0, before any training (curves "

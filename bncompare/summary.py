@@ -87,6 +87,12 @@ def render(results: Results, fmt: str, metric: str = "val_accuracy",
     return table
 
 
+def cells(results: Results, metric: str = "val_accuracy",
+          reduction: Reduction = Reduction("final")) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, cells and footnotes of the human formats, for tables drawn elsewhere (the report)."""
+    return _human(results, rows(results, metric, reduction), metric, reduction)
+
+
 def _human(results: Results, records: list[dict[str, Any]], metric: str,
            reduction: Reduction) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, cells and footnotes for people: only the columns that say something."""

@@ -28,11 +28,12 @@ def runs_from(tmp_path: Path, text: str, overrides: list[str] | None = None) -> 
 
 
 def write_run(out: Path, run: Run, val_accuracy: list[float], *, status: str = "completed",
-              diverged_at: dict | None = None, blocks: list[dict] | None = None) -> Path:
+              diverged_at: dict | None = None, blocks: list[dict] | None = None,
+              final: dict | None = None) -> Path:
     """A run directory whose history has one eval point per value of `val_accuracy`.
 
     Point i (from 1) is epoch i, step 10*i, at 2*i seconds, with loss 1/i. `status` None leaves
-    the run `running` (as a killed process would).
+    the run `running` (as a killed process would). `final`: extra entries of `final` (test scores).
     """
     run_dir = out / run.experiment / run.run_id
     run_dir.mkdir(parents=True)
@@ -43,7 +44,7 @@ def write_run(out: Path, run: Run, val_accuracy: list[float], *, status: str = "
                                  "val_loss": 2 / i, "val_accuracy": accuracy, "seconds": 2.0 * i}
         metrics.add_point(point, blocks[i - 1] if blocks else None)
     if status is not None:
-        metrics.finish(status, diverged_at=diverged_at,
+        metrics.finish(status, diverged_at=diverged_at, final=final,
                        error="RuntimeError: boom\ntraceback..." if status == "failed" else None)
     return run_dir
 

@@ -12,11 +12,9 @@ from bncompare.data import DataError
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BNCOMPARE_DATA_DIR", str(tmp_path))
-    data._raw.cache_clear()
-    data.load_dataset.cache_clear()
+    data.clear_caches()
     yield tmp_path
-    data._raw.cache_clear()
-    data.load_dataset.cache_clear()
+    data.clear_caches()
 
 
 def save_mnist(path, train: int, test: int = 5) -> None:

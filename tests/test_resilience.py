@@ -270,10 +270,10 @@ def test_read_only_and_full_results_dirs_fail_the_run_naming_the_path(tmp_path: 
         metrics.finish("completed")
         before = fingerprint(earlier)
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-        # Leave room for .claim, config.yaml, metrics.json and its temporary copy while it is small
-        # (one 4 KiB page each); the run fails once its growing curve needs a second page.
+        # Leave room for .claim, config.yaml, run.log, metrics.json and its temporary copy while
+        # it is small (one 4 KiB page each); the run fails once its growing curve needs a second page.
         stat = os.statvfs(full)
-        (full / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 4 * 4096))
+        (full / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 5 * 4096))
 
         rc, output = finish(start("run", "ro.yaml", "full.yaml", "--out", "out", cwd=tmp_path))
         assert rc == 1, output

@@ -216,6 +216,7 @@ def test_refusals_and_groups():
 
     engine = VmapEngine()
     assert "record.activations" in engine.refuses(make_run(record__activations=True))
+    assert "record.test" in engine.refuses(make_run(record__test=True, data__validation=0.1))
     assert "mixed_float16" in engine.refuses(make_run(train__precision="mixed_float16"))
     assert "model.kind=cnn" in engine.refuses(make_run(model__kind="cnn"))
     assert engine.refuses(make_run()) is None

@@ -77,7 +77,8 @@ RECORDING = {"record.activations": "records activations (per-layer hooks)",
              "record.tensorboard": "writes TensorBoard events",
              "record.landscape": "probes the loss landscape",
              "record.ics": "measures internal covariate shift",
-             "record.eval_at_start": "evaluates at step 0"}
+             "record.eval_at_start": "evaluates at step 0",
+             "record.test": "evaluates the test split (a Keras model per member)"}
 # Measured equal to fit (tests/test_vmap.py). The CNN is not: a vmapped convolution becomes a grouped
 # one that rounds differently, and a tiny no-BN CNN (filters 4-8, lr 0.01, 16 steps) ended 1e-4
 # (training loss) to 8e-4 (validation loss) away from fit, above the 1e-4 promised.
