@@ -14,9 +14,9 @@ final table included, ends in exit code 130 and never in a traceback or a defaul
   being written that a stop could spoil;
 - after, the first signal is recorded for `check()`, and the command's exit code says so;
 - once the command has its exit code (`exiting()`), a signal only marks it interrupted: the last
-  exit hook turns a 0 into 130, and then ignores the signals, so that one arriving while the
-  interpreter shuts down (Python restores the default handlers near its very end) cannot kill the
-  process by the signal or let it exit 0.
+  exit hook turns a 0 into 130 and ends the process with the code, so that a signal while the
+  interpreter shuts down (Python restores the default handlers near its very end) can neither kill
+  the process by the signal nor let it exit 0.
 Library code and tests that never call `install()` get the old scoped behaviour from
 `stop_at_safe_points`.
 """
@@ -90,18 +90,19 @@ def exiting(code: object) -> object:
 
 
 def _last_look() -> None:
-    """The last exit hook: a signal since `exiting()` makes a success 130; after this, none counts."""
-    if _installed is None:
+    """The last exit hook: a signal since `exiting()` makes a success 130, and the process ends
+    here with its code. What Python would do after this (tearing down modules, which takes a while
+    after a big sweep) only frees memory; a signal during it, once Python has put back the default
+    handlers, would kill the process by the signal instead of giving the code."""
+    if _installed is None or not _exiting:
         return
-    if _exiting and _exit_code in (0, None) and _requested:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(EXIT_INTERRUPTED)
-    for number in SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+    code = EXIT_INTERRUPTED if _exit_code in (0, None) and _requested else _exit_code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def uninstall() -> None:
