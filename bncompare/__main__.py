@@ -21,9 +21,7 @@ def main() -> None:
         code = e.code
     except KeyboardInterrupt:  # a second Ctrl-C outside any handler of the command's own
         code = interrupts.EXIT_INTERRUPTED
-    if code in (0, None) and interrupts.requested():  # a stop request is never reported as success
-        code = interrupts.EXIT_INTERRUPTED
-    sys.exit(code)
+    sys.exit(interrupts.exiting(code))  # a stop request is never reported as success
 
 
 if __name__ == "__main__":

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
-from bncompare.config import Run, varying_keys
+from bncompare.config import ConfigError, Run, parse_yaml, varying_keys
 from bncompare.results import FINISHED, RunRecord, read_results
 from bncompare.schema import SCHEMA
 
@@ -64,7 +63,8 @@ class Reduction:
         """'final', 'best' or 'last:K' (K >= 1 eval points); BadFilter otherwise."""
         if text in ("final", "best"):
             return cls(text)
-        match = re.fullmatch(r"last:([1-9][0-9]{0,5})", text)
+        # Any K: more than a run's eval points means all of them. The digit bound keeps int() fast.
+        match = re.fullmatch(r"last:([1-9][0-9]{0,29})", text)
         if match:
             return cls("last", int(match.group(1)))
         raise BadFilter(f"--reduce {text!r}: expected final, best or last:K (e.g. last:3)")
@@ -269,8 +269,12 @@ class ExperimentResults:
     @property
     def sweep_keys(self) -> list[str]:
         """Facet keys whose values are all numbers: each gets a sweep plot."""
+        values: dict[str, list[Any]] = {}  # one pass: a run may have thousands of params
+        for condition in self.conditions:
+            for key, value in condition.facets:
+                values.setdefault(key, []).append(value)
         return [key for key in self.facet_keys
-                if all(is_number(value) for value in self.values(key))]
+                if all(is_number(value) for value in values.get(key, ()))]
 
     def values(self, key: str) -> list[Any]:
         """The distinct values of a facet key, sorted."""
@@ -316,8 +320,13 @@ def load(root: Path, *, include_running: bool = False, where: Iterable[str] = ()
     at all, BadFilter when a filter names a key or experiment that no run has.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise NoResults(f"{root}: no such directory")
+    try:
+        is_dir = root.is_dir()
+    except OSError as e:  # a 300-character name: ENAMETOOLONG
+        raise NoResults(f"{root}: {e.strerror or e}") from None
+    if not is_dir:
+        raise NoResults(f"{root}: " + ("not a directory; give a results directory (the --out of "
+                                       "`bncompare run`)" if root.exists() else "no such directory"))
     runs, skipped = read_results(root)
     if not runs and not skipped:
         raise NoResults(f"{root}: no runs found (expected <experiment>/<run_id>/metrics.json)")
@@ -377,10 +386,12 @@ def parse_where(text: str) -> tuple[str, Any, str]:
     key, equals, raw = text.partition("=")
     if not equals or not key.strip():
         raise BadFilter(f"--where {text!r}: expected KEY=VALUE, e.g. --where train.learning_rate=0.1")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
+    try:  # within a config's bounds: an alias bomb or 5,000 digits is refused, not computed
+        value = parse_yaml(raw, f"--where {key.strip()}")[0] if raw.strip() else raw
+    except ConfigError as e:
+        if "invalid YAML" not in str(e):
+            raise BadFilter(str(e).replace(":1: ", ": ", 1)) from None
+        value = raw  # not YAML (`--where variant=a: b`): compared as the text it is
     if isinstance(value, str):
         try:  # YAML 1.1 reads 1e-3 as text; a researcher means the number
             value = float(value)
@@ -443,7 +454,12 @@ def variant_order(runs: list[RunRecord]) -> list[str]:
 
 def _group(name: str, runs: list[RunRecord]) -> ExperimentResults:
     keys = list(dict.fromkeys(key for run in runs for key in run.metrics["params"]))
-    as_runs = [Run(name, _variant(r), r.run_id, params) for r, params in zip(runs, _filled(runs, keys))]
+    # Runs of one config on two Keras backends start from other weights: they are other conditions,
+    # not more seeds of one (their ids differ by the backend, their params do not).
+    several = len({_backend(r) for r in runs}) > 1
+    as_runs = [Run(name, _variant(r), r.run_id, {**params, **({"backend": _backend(r)} if several else {})})
+               for r, params in zip(runs, _filled(runs, keys))]
+    keys += ["backend"] * several
     variants = variant_order(runs)
     # A key that a variant fixes (one value within each variant) is explained by the colour; the
     # keys that vary within a variant are what the small multiples show.
@@ -498,6 +514,10 @@ def _filled(runs: list[RunRecord], keys: list[str]) -> list[dict[str, Any]]:
 
 def _variant(run: RunRecord) -> str:
     return str(run.metrics.get("variant") or "base")
+
+
+def _backend(run: RunRecord) -> str:
+    return str((run.metrics.get("environment") or {}).get("backend") or "tensorflow")
 
 
 # ---- small helpers shared with plots and tables ---------------------------------------------------

@@ -6,7 +6,9 @@ must answer at once; the heavy imports happen inside the command that needs them
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -17,15 +19,46 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperOption
+from typer.core import TyperGroup, TyperOption
+
+try:  # Typer 0.2x carries its own copy of Click; older Typers use Click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as _click
 
 from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
-from bncompare.config import ConfigError, Run, load_runs, varying_keys
+from bncompare.config import ConfigError, Run, load_runs, on_backend, varying_keys
+
+_NO_ARGS = getattr(_click, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a missing config, `--jobs 0`, an unknown option) as one `error:` line, like
+    every other error, instead of Typer's boxed usage text."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.ClickException as e:
+            if isinstance(e, _NO_ARGS):  # `bncompare run` alone: its help, as Typer shows it
+                e.show()
+                sys.exit(e.exit_code)
+            context = getattr(e, "ctx", None)
+            command = context.command_path if context is not None else "bncompare"
+            fail(f"{command}: {e.format_message().rstrip('.')} (see {command} --help)", e.exit_code)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            stderr.print("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     help="Train networks with and without Batch Normalization from a YAML config, and compare them.",
-    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, cls=OneLineErrors,
     context_settings={"help_option_names": ["-h", "--help"]})
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -99,21 +132,38 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _results_root(out: Path) -> Path:
+def _given_path(text: str | Path) -> Path:
+    """An --out path from its text; `--out ''` is an error, not Path('.'), the current directory."""
+    if not str(text).strip():
+        raise fail("--out '': empty; give a directory")
+    return Path(text)
+
+
+def _results_root(text: str | Path) -> Path:
     """--out must be a directory or a path where one can be made: checked before anything loads."""
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                what = "is a file" if folder.is_file() else "exists and is not a directory"
-                raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
-            break
+    out = _given_path(text)
+    try:
+        for folder in (out, *out.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    what = "is a file" if folder.is_file() else "exists and is not a directory"
+                    raise fail(f"--out {out}: {folder} {what}; give a directory for the results")
+                break
+    except OSError as e:  # a 300-character name: ENAMETOOLONG
+        raise fail(f"--out {out}: {e.strerror or e}") from None
     return out
 
 
+def _backend_name(chosen: str | None = None) -> str:
+    """The Keras backend runs will train on: --backend, else $KERAS_BACKEND, else tensorflow."""
+    return chosen or os.environ.get("KERAS_BACKEND") or "tensorflow"
+
+
 def _load(configs: list[Path], overrides: list[str] | None, sweeps: list[str] | None = None,
-          only_variants: str | None = None) -> list[Run]:
+          only_variants: str | None = None, backend: str | None = None) -> list[Run]:
+    """The runs of the configs, with ids for the Keras backend they will train on."""
     try:
-        return load_runs(configs, overrides, sweeps, only_variants)
+        return on_backend(load_runs(configs, overrides, sweeps, only_variants), _backend_name(backend))
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -171,7 +221,7 @@ def run(
     overrides: Overrides = None,
     sweeps: Sweeps = None,
     only_variants: OnlyVariants = None,
-    out: Annotated[Path, typer.Option("--out", callback=_results_root,
+    out: Annotated[Path, typer.Option("--out", parser=_results_root,
                                       help="Results root directory.")] = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded run list; train nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that already completed.")] = False,
@@ -190,14 +240,12 @@ def run(
     every run completed or diverged, 1 when a run failed, 2 for a bad config, 130 when interrupted.
     """
     workers = _jobs(jobs)
-    runs = _load(configs, overrides, sweeps, only_variants)
+    runs = _load(configs, overrides, sweeps, only_variants, backend.value if backend else None)
     if dry_run:
-        import os
-
         from bncompare.backend import select_backend
 
         select_backend(backend.value if backend else None)  # the JAX planner asks Keras
-        print_runs(runs, training_plan(runs, os.environ.get("KERAS_BACKEND", "tensorflow")))
+        print_runs(runs, training_plan(runs, _backend_name()))
         return
     from bncompare import interrupts, runner
     from bncompare.backend import DeviceError, select_backend
@@ -305,7 +353,7 @@ def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps =
     invalid = 0
     for config in configs:
         try:
-            runs = load_runs([config], overrides, sweeps, only_variants)
+            runs = on_backend(load_runs([config], overrides, sweeps, only_variants), _backend_name())
         except ConfigError as e:
             fail(str(e))
             invalid += 1
@@ -356,7 +404,10 @@ def _results(root: Path, include_running: bool = False, where: list[str] | None 
         stderr.print(f"[yellow]warning:[/] skipped {escape(_printable(str(path)))}: "
                      f"{escape(_printable(reason))}", soft_wrap=True)
     if not results.experiments:
-        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)})")
+        running = sum(reason == "still running" for _, reason in results.skipped)
+        hint = (f"; {running} still running: add --include-running to use their curves so far"
+                if running and not include_running else "")
+        raise fail(f"{root}: no finished runs (skipped all {len(results.skipped)}){hint}")
     if metric is not None:
         try:
             check_metric(results, metric)
@@ -399,7 +450,7 @@ def _print_rendered(rendered) -> None:
 def plot(
     results_dir: ResultsDir,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Write figures here instead of <experiment>/plots/.")] = None,
+        "--out", parser=_given_path, help="Write figures here instead of <experiment>/plots/.")] = None,
     metric: MetricName = "val_accuracy",
     x: Annotated[XAxis, typer.Option("--x", help="Horizontal axis of curves (time: training seconds).")] = XAxis.epoch,
     image_format: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.png,
@@ -434,7 +485,8 @@ def plot(
 @app.command()
 def summary(
     results_dir: ResultsDir,
-    table_format: Annotated[SummaryFormat, typer.Option("--format", help="Output format.")] = SummaryFormat.table,
+    table_format: Annotated[SummaryFormat, typer.Option(
+        "--format", metavar="FORMAT", help="table, csv, json, markdown or latex.")] = SummaryFormat.table,
     metric: MetricName = "val_accuracy",
     reduce: Reduce = "final",
     include_running: IncludeRunning = False,
@@ -461,7 +513,8 @@ def compare(
         "named like no_bn, else the first).")] = None,
     metric: MetricName = "val_accuracy",
     reduce: Reduce = "final",
-    table_format: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+    table_format: Annotated[TableFormat, typer.Option(
+        "--format", metavar="FORMAT", help="table, csv, json or markdown.")] = TableFormat.table,
     include_running: IncludeRunning = False,
     where: Where = None,
     experiment: ExperimentName = None,
@@ -565,6 +618,16 @@ def export(
         raise fail(f"--out {out}: cannot write: {e.strerror or e}") from None
     stdout.print(f"{len(table):,} rows ({results.runs} run{'s' * (results.runs != 1)}) written to "
                  f"{escape(str(out))}{_skipped_note(results)}.", soft_wrap=True)
+
+
+def _paragraphs(text: str) -> str:
+    """A docstring's paragraphs as single lines: Typer keeps a docstring's line breaks, so a line
+    that the terminal wraps again would end mid-sentence, a short fragment on its own line."""
+    return "\n\n".join(" ".join(part.split()) for part in text.split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _paragraphs(inspect.getdoc(_command.callback) or "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ value, ``--set``. A ``--set`` of a swept key replaces that sweep axis with the o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -25,7 +26,7 @@ import yaml
 from bncompare.callables import KEYS as FUNCTION_KEYS
 from bncompare.callables import fingerprint, function_name, is_reference
 from bncompare.schema import (DEFAULT_VARIANTS, MAX_STEPS, MODEL_KINDS, SCHEMA, SECTIONS,
-                              STRUCTURE_KEYS)
+                              STRUCTURE_KEYS, short_integer)
 
 # Training examples per dataset, so that an impossible train_limit is caught before any data loads.
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000, "synthetic": 2_000}
@@ -96,12 +97,27 @@ MAX_DIGITS = 30  # integers longer than this are typos; Python refuses to read 4
 MAX_RUNS = 100_000  # runs one config may expand to
 MAX_NAME = 120  # characters in an experiment name, a variant name or a run id (one path component)
 INT_TAG = "tag:yaml.org,2002:int"
+# Scalars that PyYAML converts with int(), float(), a lookup or datetime(): `!!int abc`, `!!bool
+# maybe`, `2001-13-45` (a timestamp by its form), an empty `!!timestamp` raise ValueError, KeyError
+# or AttributeError from deep inside it.
+CONVERTED_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "timestamp"))
+CONVERT_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, AttributeError)
 
 
-def _check_nodes(root: yaml.Node, source: str, lines: dict) -> None:
+def _check_scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode, where: str) -> None:
+    """Raise ConfigError when PyYAML cannot convert a tagged scalar (see CONVERTED_TAGS)."""
+    try:
+        loader.yaml_constructors[node.tag](loader, node)
+    except CONVERT_ERRORS:
+        tag = node.tag.rsplit(":", 1)[-1]
+        value = node.value if len(node.value) <= 40 else f"{node.value[:30]}..."
+        raise ConfigError(f"{where}: {value!r} is not a valid {tag}") from None
+
+
+def _check_nodes(root: yaml.Node, source: str, lines: dict, loader: yaml.SafeLoader) -> None:
     """Record the line of every mapping key; reject duplicate keys (YAML silently keeps the last),
     recursive aliases, nesting deeper than MAX_NESTING, more than MAX_VALUES values once aliases
-    are expanded, and integers too long to be meant.
+    are expanded, integers too long to be meant, and tagged values that PyYAML cannot convert.
 
     Walks the node graph once, without expanding aliases: a node reached again through an alias is
     not walked again, only counted by the size it expands to.
@@ -131,6 +147,8 @@ def _check_nodes(root: yaml.Node, source: str, lines: dict) -> None:
         if isinstance(node, yaml.ScalarNode) and node.tag == INT_TAG and len(node.value) > MAX_DIGITS:
             raise ConfigError(f"{source}:{line}: {'.'.join(path) or 'value'}: a number of "
                               f"{len(node.value):,} digits is not a config value")
+        if isinstance(node, yaml.ScalarNode) and node.tag in CONVERTED_TAGS:
+            _check_scalar(loader, node, f"{source}:{line}: {'.'.join(path) or 'value'}")
         walking.add(ident)
         stack.append((node, path, depth, True))
         if isinstance(node, yaml.MappingNode):
@@ -169,13 +187,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]
         node = loader.get_single_node()
         if node is None:
             return None, lines
-        _check_nodes(node, source, lines)
+        _check_nodes(node, source, lines, loader)
         return loader.construct_document(node), lines
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except ConfigError:
+        raise
+    except CONVERT_ERRORS as e:
+        # A converter failing on a node _check_nodes does not test (a tag PyYAML adds later).
+        raise ConfigError(f"{source}: a value PyYAML cannot convert ({type(e).__name__}: "
+                          f"{str(e)[:80]})") from None
     except RecursionError:  # PyYAML's parser recurses once per nesting level
         raise ConfigError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
     finally:
@@ -231,15 +255,16 @@ def _unknown_key(key: str, candidates: list[str]) -> str:
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 
 
-def _is_dots(name: str) -> bool:
-    """`.`, `..`: names that a path would read as this or the parent directory."""
-    return set(name) <= {"."}
+def _is_hidden(name: str) -> bool:
+    """`.`, `..`: names that a path would read as this or the parent directory; and `.name`, a
+    hidden directory that listing results skips."""
+    return name.startswith(".")
 
 
 def check_name(name: str, what: str, allowed: re.Pattern, letters: str) -> str | None:
     """Why `name` cannot name a directory, or None when it can."""
-    if not allowed.fullmatch(name) or _is_dots(name):
-        return f"use {letters} only, not only dots (it names a directory), got {name!r}"
+    if not allowed.fullmatch(name) or _is_hidden(name):
+        return f"use {letters} only, not starting with a dot (it names a directory), got {name!r}"
     if len(name) > MAX_NAME:
         return f"at most {MAX_NAME} characters (it names a directory), got {len(name)}"
     return None
@@ -286,9 +311,9 @@ def _parse_variants(raw: Any, where: _Where, origins: dict | None = None) -> dic
     for name, overrides in raw.items():
         name = str(name)
         path = ("variants", name)
-        if not VARIANT_NAME.fullmatch(name) or _is_dots(name):
+        if not VARIANT_NAME.fullmatch(name) or _is_hidden(name):
             raise ConfigError(f"{where(path)}: variant names may use letters, digits, _ and . only, "
-                              f"and not only dots")
+                              f"and not start with a dot")
         if len(name) > MAX_NAME // 2:  # it starts every run id, which has MAX_NAME characters
             raise ConfigError(f"{where(path)}: variant names have at most {MAX_NAME // 2} "
                               f"characters, got {len(name)}")
@@ -383,8 +408,11 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None,
     path = Path(path)
     data, lines = read_yaml(path)
     where = _Where(str(path), lines)
-    if data is None:
-        data = {}
+    if data is None and not overrides:  # an empty file alone is likelier a mistake than a choice
+        raise ConfigError(f"{path}: the config is empty; name what to train (e.g. `data: {{dataset: "
+                          f"mnist}}`), or write `{{}}` for every default (the notebook: MNIST, "
+                          f"5 epochs, with and without BN)")
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
 
@@ -435,7 +463,13 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None,
         else:
             if key in SECTIONS:
                 raise ConfigError(f"{label}: name one key, e.g. --set {key}.{_first_option(key)}=...")
-            base[key] = check_value(key, value, label)
+            try:
+                base[key] = check_value(key, value, label)
+            except ConfigError as e:
+                if isinstance(value, str) and "," in value and key in SCHEMA:
+                    raise ConfigError(f"{e}; to train each value, sweep them: "
+                                      f"--set sweep.{key}=[{value}]") from None
+                raise
             origins[("set", key)] = label
             sweep.pop(key, None)  # the command line wins: a set key is no longer swept
             if key not in set_keys and key not in NOT_VARIABLE:
@@ -506,8 +540,14 @@ def _resolve(params: dict[str, Any], where: _Where, variant: str) -> dict[str, A
     if limit is not None and limit > available:
         raise ConfigError(f"{where(('data', 'train_limit'), 'data.train_limit')}: {limit} is more "
                           f"than the {available} training examples {dataset} has" + in_variant)
+    batch_size = params["train.batch_size"]
+    if batch_size > (limit or available):  # Keras would train one short batch per epoch, silently
+        raise ConfigError(f"{where(('train', 'batch_size'), 'train.batch_size')}: "
+                          f"{short_integer(batch_size)} is more than the {limit or available} "
+                          f"training examples ({dataset}"
+                          f"{', data.train_limit' if limit else ''})" + in_variant)
     # The run's schedule is built from these; bound it here so `validate` catches a runaway.
-    per_epoch = -(-(limit or available) // params["train.batch_size"])
+    per_epoch = -(-(limit or available) // batch_size)
     total = params["train.steps"] or params["train.epochs"] * per_epoch
     if total > MAX_STEPS:
         key = "train.steps" if params["train.steps"] else "train.epochs"
@@ -564,6 +604,13 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
     if norm == "ghost" and params["train.batch_size"] % params["model.ghost_batch_size"]:
         raise error("model.ghost_batch_size", f"{params['model.ghost_batch_size']} does not divide "
                     f"train.batch_size {params['train.batch_size']}")
+    extra = [f"record.bn_eval {mode}" for mode in params["record.bn_eval"] if mode != "moving"]
+    extra += ["record.train_eval"] * (params["record.train_eval"] > 0)
+    extra += ["model.bn_variance: unbiased"] * (params["model.bn_variance"] == "unbiased")
+    if norm == "ghost" and extra:
+        # Ghost BN keeps its statistics inside a custom layer, which bn_eval.py cannot re-run.
+        raise error("model.norm", f"ghost cannot be evaluated with {', '.join(extra)} (they "
+                    "re-run Keras BatchNormalization layers); use norm: batch for them")
     kind = params["model.kind"]
     if kind not in MODEL_KINDS:  # the researcher's own model: its layers are its business
         return
@@ -579,6 +626,10 @@ def _resolve_model(params: dict[str, Any], where: _Where, in_variant: str) -> No
         what = "filters" if kind in CONVOLUTIONAL else "units"
         raise error("model.groups", f"{params['model.groups']} groups do not divide the {what} of "
                     f"every layer ({', '.join(map(str, sorted(set(sizes))))})")
+    if (params["model.bn_variance"] == "unbiased" and norm in ("batch", "renorm")
+            and kind not in CONVOLUTIONAL and params["train.batch_size"] < 2):
+        raise error("model.bn_variance", "unbiased multiplies by m/(m-1), m = train.batch_size: "
+                    "needs a batch of at least 2")
 
 
 def _format_value(value: Any) -> str:
@@ -760,6 +811,25 @@ def load_runs(paths: list[str | Path], overrides: list[str] | None = None,
         for run in expand(load_experiment(path, overrides, sweeps, only_variants)):
             runs.setdefault((run.experiment, run.run_id), run)
     return list(runs.values())
+
+
+def on_backend(runs: list[Run], backend: str) -> list[Run]:
+    """The runs as trained on Keras's `backend`: each backend draws other initial weights, so a
+    run's id names it, except tensorflow's (ids of earlier releases, all TensorFlow, unchanged)."""
+    if backend == "tensorflow":
+        return runs
+    named = []
+    for run in runs:
+        blob = json.dumps({**identity(run.params), "backend": backend}, sort_keys=True,
+                          separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
+        name = re.sub(r"[^A-Za-z0-9._+]", "", backend)  # KERAS_BACKEND may hold anything
+        run_id = f"{run.run_id.rsplit('-', 1)[0]}-{name}-{digest}"
+        if len(run_id) > MAX_NAME:
+            raise ConfigError(f"{run.source}: run id {run_id[:40]}... has {len(run_id)} characters "
+                              f"with the backend; at most {MAX_NAME}: shorten variant names")
+        named.append(dataclasses.replace(run, run_id=run_id))
+    return named
 
 
 def varying_keys(runs: list[Run]) -> list[str]:

@@ -256,12 +256,14 @@ class RunLog(Listener):
         return text
 
     def _append(self, run, text: str) -> None:
-        from bncompare.results import RUN_LOG, append_atomic
+        from bncompare.results import RUN_LOG, append_atomic, make_directories
         from bncompare.skipping import run_dir
 
         try:
-            append_atomic(run_dir(run, self.out) / RUN_LOG, text)
-        except OSError:  # a full or read-only disk fails the run's metrics.json, which says so
+            folder = run_dir(run, self.out)
+            make_directories(folder, self.out)  # refuses a run directory that is a symbolic link
+            append_atomic(folder / RUN_LOG, text)
+        except OSError:  # a full or read-only disk (or a planted link) fails the run, which says so
             pass
 
     def sweep_started(self, runs) -> None:

@@ -12,14 +12,21 @@ imports), and they stay for the whole command, so that a signal at any moment, s
 final table included, ends in exit code 130 and never in a traceback or a default SIGTERM death:
 - until the command defers (`defer()`, which `run` does), a signal exits 130 at once: nothing is
   being written that a stop could spoil;
-- after, the first signal is recorded for `check()`, and the command's exit code says so.
+- after, the first signal is recorded for `check()`, and the command's exit code says so;
+- once the command has its exit code (`exiting()`), a signal only marks it interrupted: the last
+  exit hook turns a 0 into 130 and ends the process with the code, so that a signal while the
+  interpreter shuts down (Python restores the default handlers near its very end) can neither kill
+  the process by the signal nor let it exit 0.
 Library code and tests that never call `install()` get the old scoped behaviour from
 `stop_at_safe_points`.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -30,6 +37,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _requested = False
 _deferring = False  # True: the first signal only records a request (see the module docstring)
 _installed: dict[int, object] | None = None  # the handlers install() replaced, while it is in force
+_exiting = False  # True once the command has its exit code (`exiting()`)
+_exit_code: object = None
 
 
 def requested() -> bool:
@@ -45,6 +54,9 @@ def check() -> None:
 
 def _handler(signum, frame) -> None:
     global _requested
+    if _exiting:  # the command is done: the exit hook reads the request
+        _requested = True
+        return
     if not _deferring:  # nothing is being trained: stop now, quietly, as interrupted
         raise SystemExit(EXIT_INTERRUPTED)
     if _requested:  # asked twice: the user means now
@@ -62,16 +74,45 @@ def install() -> bool:
     if _installed is not None or threading.current_thread() is not threading.main_thread():
         return False
     _installed = {number: signal.signal(number, _handler) for number in SIGNALS}
+    # Registered first, so it runs last: after every library's own exit hook (TensorFlow's, Ray's).
+    atexit.register(_last_look)
     return True
+
+
+def exiting(code: object) -> object:
+    """The exit code the command ends with: 130 instead of success when a stop was requested.
+    From here on a signal only marks the command interrupted (see `_last_look`)."""
+    global _exit_code, _exiting
+    if code in (0, None) and _requested:
+        code = EXIT_INTERRUPTED
+    _exit_code, _exiting = code, True
+    return code
+
+
+def _last_look() -> None:
+    """The last exit hook: a signal since `exiting()` makes a success 130, and the process ends
+    here with its code. What Python would do after this (tearing down modules, which takes a while
+    after a big sweep) only frees memory; a signal during it, once Python has put back the default
+    handlers, would kill the process by the signal instead of giving the code."""
+    if _installed is None or not _exiting:
+        return
+    code = EXIT_INTERRUPTED if _exit_code in (0, None) and _requested else _exit_code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def uninstall() -> None:
     """Put back the handlers `install()` replaced and forget any request (for tests in-process)."""
-    global _installed, _requested, _deferring
+    global _installed, _requested, _deferring, _exiting
     if _installed is not None:
         for number, handler in _installed.items():
             signal.signal(number, handler)
-    _installed, _requested, _deferring = None, False, False
+    _installed, _requested, _deferring, _exiting = None, False, False, False
+    atexit.unregister(_last_look)
 
 
 def defer() -> None:

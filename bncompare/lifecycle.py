@@ -15,6 +15,7 @@ A single run is a group of one.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -27,7 +28,8 @@ from bncompare import __version__, checkpoint
 from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
-                               claim_holder, now, read_run, remove_stale_temporaries, strict,
+                               claim_holder, make_directories, now, read_run, remove_stale_temporaries,
+                               strict,
                                write_config)
 from bncompare.schedule import Schedule
 
@@ -128,6 +130,24 @@ class Stopwatch:
         return max(0.0, seconds - steps * self.later_seconds / self.later_steps)
 
 
+def _fails_alone(point):
+    """Recorder.point, where a member's own failure (an extra evaluation or an instrument raising
+    on its model) fails that member only: it ends `failed` with the traceback, and the engine drops
+    it as it drops a diverged member, so its pack-mates train on. A disk error stays the group's."""
+
+    @functools.wraps(point)
+    def guarded(self: "Recorder", *args, **kwargs) -> bool:
+        try:
+            return point(self, *args, **kwargs)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded as this run's failure
+            self.finish("failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            return False
+
+    return guarded
+
+
 class Recorder:
     """One run's record: its metrics.json and the divergence rules. Engines report to it."""
 
@@ -186,6 +206,7 @@ class Recorder:
             self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
         return self.active
 
+    @_fails_alone
     def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
               optimizer=None, state: Callable[[], tuple[list, Any]] | None = None) -> bool:
         """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`
@@ -422,7 +443,7 @@ def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Out
     if done:
         return run_dir, None, _done(run, done)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_directories(run_dir, out)
         claim = Claim.acquire(run_dir)
     except OSError as e:
         return run_dir, None, cannot_write(run, run_dir, e)

@@ -11,7 +11,8 @@ Honest by construction:
   draws no error bar or band;
 - diverged runs are an x at their last value, with a count when several stack at one place; runs
   that diverged before their first eval sit in a grey strip under the axis, outside its scale;
-- BatchNorm evaluation modes (moving averages, PreciseBN, batch statistics) are line styles.
+- BatchNorm evaluation modes (moving averages, PreciseBN, batch statistics) are line styles and
+  markers.
 
 Panels share their axes by setting the same limits at the end, not through matplotlib's shared
 axes: those propagate every limit change to every sibling, which made a 200-panel figure take
@@ -42,6 +43,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 
 from bncompare.aggregate import (Condition, ExperimentResults, Results, facet_label, format_value,
                                  lower_is_better, natural)
+from bncompare.results import make_directories
 
 # Okabe-Ito colours (readable with colour-vision deficiencies), without yellow (invisible on white)
 # and vermillion (too close to the red people read as "error").
@@ -75,6 +77,7 @@ PAGE_PANELS = 24  # panels per figure; more go to further pages (files ...-p2-of
 MAX_PANELS = 96  # panels over all pages; past it, a note says how to choose with --where
 MAX_FIGURES_PER_KIND = 24  # per-condition figures (activations, gradients) of one experiment
 TITLE_CHARS = 38  # characters of a panel title per line at PANEL width
+MAX_TITLE_LINES = 6  # past this, titles end with "... (N more lines)"
 STRIP = 0.16  # axes fraction under the data for runs that diverged before their first eval
 DIVERGED = {"marker": "x", "markersize": 6, "markeredgewidth": 1.6, "linestyle": "none"}
 N_LABEL = {"fontsize": 6.5, "ha": "left", "va": "bottom"}
@@ -89,6 +92,8 @@ METRIC_LABELS = {"val_accuracy": "validation accuracy (fraction)",
 # BatchNorm evaluation modes: the history suffix, legend words, line style.
 MODES = (("", "BN moving averages", "-"), ("_precise", "PreciseBN statistics", "--"),
          ("_batch", "batch statistics", ":"))
+# And a marker per line style: a curve of one eval point is a marker without a line to style.
+MARKERS = {"-": "o", "--": "s", ":": "^"}
 X_LABELS = {"epoch": "epoch", "step": "optimizer step", "time": "training time (s, evaluation excluded)"}
 # Sweep axes with units; other keys are labelled by their name.
 KEY_LABELS = {"train.learning_rate": "learning rate", "train.weight_decay": "weight decay",
@@ -141,12 +146,13 @@ def plot_results(results: Results, metric: str = "val_accuracy", x: str = "epoch
     with rc_context(STYLE):
         for experiment in results.experiments:
             if out is None:
-                folder = experiment.directory / "plots"
+                below, folder = experiment.directory, experiment.directory / "plots"
             else:
                 several = len(results.experiments) > 1
-                folder = Path(out) / _folder_name(experiment.name) if several else Path(out)
+                below = Path(out)
+                folder = below / _folder_name(experiment.name) if several else below
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_directories(folder, below)  # a `plots` symlink must not redirect the figures
             except OSError as e:
                 raise PlotWriteError(folder, e) from None
             for name, figure in figures(experiment, metric, x, seeds, note):
@@ -280,7 +286,9 @@ def curves_figure(experiment: ExperimentResults, metric: str, x: str, seeds: boo
         marked.append((ax, points))
         ax.set_title(_wrap(facet_label(facets)))
         if not drawn:  # say why it is empty
-            ax.text(0.5, 0.55, "no eval point:\nevery run diverged first", transform=ax.transAxes,
+            training = any(r.status == "running" for c in conditions for r in c.runs)
+            ax.text(0.5, 0.55, "no eval point yet:\nstill training" if training
+                    else "no eval point:\nevery run diverged first", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
     _plot_diverged_values(marked)
     _share(axes, sharey=shared_y, x_from_zero=True)
@@ -508,7 +516,8 @@ def _band(ax: Axes, x: np.ndarray, mean: np.ndarray, std: np.ndarray, tint: str,
     """A mean line with a ±std band where two or more seeds had the point (one seed has no spread);
     `floor` keeps the band positive on a log axis."""
     ax.plot(x, mean, color=tint, linewidth=1.5, linestyle=style,
-            marker="o" if len(x) <= 12 else None, markersize=2.5)
+            marker=MARKERS.get(style, "o") if len(x) <= 12 else None,
+            markersize=2.5 if len(x) > 1 else 5)
     spread = np.ones(len(x), dtype=bool) if n is None else n > 1
     if not band or not spread.any():
         return
@@ -617,7 +626,8 @@ def _header(figure: Figure, experiment: ExperimentResults, what: str, diverged: 
     caption of the settings every panel shares below them."""
     handles = [Line2D([], [], color=colour(v), linewidth=2, label=v)
                for v in (experiment.variants if variants is None else variants)]
-    handles += [Line2D([], [], color="0.3", linewidth=1.5, linestyle=style, label=words)
+    handles += [Line2D([], [], color="0.3", linewidth=1.5, linestyle=style, label=words,
+                       marker=MARKERS[style], markersize=4)
                 for _, words, style in modes]
     if seeds:
         handles.append(Line2D([], [], color="0.3", linewidth=0.6, alpha=0.5, label="one seed"))
@@ -631,7 +641,16 @@ def _header(figure: Figure, experiment: ExperimentResults, what: str, diverged: 
 def _fit(title: str, figure: Figure) -> str:
     """Title lines wrapped to the figure's width (about 13 characters per inch at 9.5 pt)."""
     chars = int(figure.get_figwidth() * 13)
-    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in title.split("\n"))
+    return "\n".join(_clip([wrapped for line in title.split("\n")
+                            for wrapped in textwrap.wrap(line, chars, break_on_hyphens=False)]))
+
+
+def _clip(lines: list[str]) -> list[str]:
+    """At most MAX_TITLE_LINES lines: a run with thousands of params would otherwise make titles
+    of thousands of lines, whose text rendering takes minutes."""
+    if len(lines) <= MAX_TITLE_LINES:
+        return lines
+    return lines[:MAX_TITLE_LINES - 1] + [f"... ({len(lines) - MAX_TITLE_LINES + 1} more lines)"]
 
 
 def _legend(figure: Figure, handles: list, experiment: ExperimentResults,
@@ -709,7 +728,7 @@ def _over(conditions: list[Condition], what: str = "mean ± std") -> str:
 
 def _wrap(title: str) -> str:
     """A panel title in lines that fit the panel's width (facet labels can be long)."""
-    return "\n".join(textwrap.wrap(title, TITLE_CHARS, break_on_hyphens=False))
+    return "\n".join(_clip(textwrap.wrap(title, TITLE_CHARS, break_on_hyphens=False)))
 
 
 def _slug(key: str, value: Any) -> str:

@@ -13,6 +13,7 @@ Safety rules, each for a failure other tools have:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -98,7 +99,8 @@ def write_bytes_atomic(path: Path, content: bytes) -> None:
 def append_atomic(path: Path, text: str) -> None:
     """Append `text` with one write to a file opened for appending: concurrent readers and writers
     see either none of it or all of it, after what was there (a log, never rewritten)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    # O_NOFOLLOW: a log planted as a symbolic link must not have its target appended to.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, FILE_MODE)
     try:
         os.write(fd, text.encode("utf-8"))
     finally:
@@ -128,6 +130,30 @@ def write_config(path: Path, config: dict[str, Any], header: str) -> None:
     write_atomic(path, f"# {header}\n{body}")
 
 
+def make_directories(path: Path, below: Path) -> None:
+    """`mkdir -p path`, where `below` is the directory the user named and `path` lies under it.
+
+    A symbolic link among the parts of `path` below `below` would send what is written there into
+    its target, outside the directory the user gave: refused with OSError(ELOOP) naming it. `below`
+    itself may be a link: the user chose it.
+    """
+    path, below = Path(path), Path(below)
+    below.mkdir(parents=True, exist_ok=True)
+    current = below
+    for part in path.relative_to(below).parts:
+        current = current / part
+        try:
+            current.mkdir()
+        except FileExistsError:
+            pass
+        info = os.lstat(current)
+        if stat.S_ISLNK(info.st_mode):
+            raise OSError(errno.ELOOP, "is a symbolic link; bncompare writes only inside the "
+                          "directory it was given", str(current))
+        if not stat.S_ISDIR(info.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(current))
+
+
 # ---- claims ---------------------------------------------------------------------------------------
 
 
@@ -141,8 +167,18 @@ class Claim:
     def acquire(cls, run_dir: Path, attempts: int = 5) -> "Claim | None":
         """The claim, or None when a live process holds it."""
         path = run_dir / CLAIM_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a `.claim` planted as a symbolic link must not get its target truncated;
+        # O_NONBLOCK: one planted as a FIFO must not hang the open (fstat refuses it below).
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise OSError(e.errno, "is a symbolic link; bncompare does not follow it",
+                              str(path)) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "is not a regular file", str(path))
             for attempt in range(attempts):
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,7 +234,7 @@ def claim_holder(run_dir: Path) -> str:
 def is_claimed(run_dir: Path) -> bool:
     """True while a live process holds the run's claim."""
     try:
-        fd = os.open(run_dir / CLAIM_FILE, os.O_RDONLY)
+        fd = os.open(run_dir / CLAIM_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
@@ -470,10 +506,17 @@ def run_dirs(root: Path) -> Iterator[Path]:
 
 
 def _holds_run(directory: Path) -> bool:
-    try:
-        return any(os.path.lexists(directory / name) for name in (METRICS_FILE, CLAIM_FILE))
-    except OSError:
-        return False
+    """True for a run directory, and for one that cannot be searched (mode 000): reading it then
+    gives a warning that names it, instead of it vanishing from every table without a word."""
+    for name in (METRICS_FILE, CLAIM_FILE):
+        try:
+            os.lstat(directory / name)
+            return True
+        except PermissionError:
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _subdirectories(directory: Path) -> list[Path] | None:

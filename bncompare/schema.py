@@ -20,6 +20,9 @@ MAX_DEPTH = 256  # hidden layers / conv blocks
 MAX_WIDTH = 100_000  # units or filters per layer
 MAX_STEPS = 10**8  # optimizer steps of one run, whether given as train.steps or train.epochs
 MAX_SEED = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+MAX_BATCH = 2**31 - 1  # TensorFlow's tensor dimensions are 32-bit (a dataset function's size is
+# known only once loaded; a built-in dataset's bounds the batch further, in config._resolve)
+MAX_FACTORS = 32  # record.landscape_factors: each costs a gradient evaluation at every eval point
 
 
 # ---- value checks ------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
-        return _short(value)
+        return short_integer(value)
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
@@ -50,13 +53,13 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
             else:
                 raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_describe(value)}")
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {_short(value)}")
+            raise ValueError(f"expected an integer{_bound(minimum, maximum)}, got {short_integer(value)}")
         return value
 
     return check
 
 
-def _short(value: int) -> str:
+def short_integer(value: int) -> str:
     """An integer as the user can read it in a one-line error, however many digits it has."""
     text = str(value)
     return text if len(text) <= 20 else f"a number of {len(text)} digits"
@@ -76,7 +79,7 @@ def number(minimum: float | None = None, *, above: float | None = None,
         try:
             value = float(value)  # an integer such as 10**400 does not fit a float
         except OverflowError:
-            raise ValueError(f"expected a number{limits}, got {_short(value)}") from None
+            raise ValueError(f"expected a number{limits}, got {short_integer(value)}") from None
         if not math.isfinite(value):
             raise ValueError(f"expected a number{limits}, got {_describe(value)}")
         if ((minimum is not None and value < minimum) or (above is not None and value <= above)
@@ -227,6 +230,17 @@ def bn_eval_modes(value: Any) -> list[str]:
     return [mode for mode in BN_EVAL_MODES if mode in modes]
 
 
+def seed_list(value: Any) -> list[int]:
+    """Seeds from 0 to MAX_SEED, each once: a seed listed twice is the same run twice."""
+    seeds = list_of(integer(minimum=0, maximum=MAX_SEED))(value)
+    seen: set[int] = set()
+    for seed in seeds:
+        if seed in seen:
+            raise ValueError(f"duplicate seed {seed}: each seed is one run; list it once")
+        seen.add(seed)
+    return seeds
+
+
 def pack_mode(value: Any) -> str:
     """auto | off; YAML 1.1 reads a bare `off` as false, which means off too."""
     if value is False or value == "off":
@@ -374,7 +388,8 @@ SCHEMA: dict[str, Option] = {
                              number(minimum=0, below=1), short="mom"),
     "train.weight_decay": Option(0.0, "decoupled weight decay applied by the optimizer (0: none)",
                                  number(minimum=0), short="wd"),
-    "train.batch_size": Option(32, "examples per optimizer step", integer(minimum=1), short="bs"),
+    "train.batch_size": Option(32, "examples per optimizer step (at most the training examples)",
+                               integer(minimum=1, maximum=MAX_BATCH), short="bs"),
     "train.epochs": Option(5, "passes over the training data (ignored when steps is set)",
                            optional(integer(minimum=1, maximum=MAX_STEPS)), short="ep"),
     "train.steps": Option(None, f"total optimizer steps (at most {MAX_STEPS:,}); overrides "
@@ -386,7 +401,7 @@ SCHEMA: dict[str, Option] = {
                               one_of("float32", "mixed_float16", "mixed_bfloat16"), short="prec"),
     "train.seeds": Option([0], "one run per seed (weights init, batch order, dropout); plots "
                           "aggregate over seeds (each from 0 to 2**32 - 1, as NumPy and Keras take them)",
-                          list_of(integer(minimum=0, maximum=MAX_SEED))),
+                          seed_list),
     # speed only: these never change what a run learns, so they stay out of run ids
     "train.steps_per_execution": Option(
         "auto", "optimizer steps per compiled call (auto: 128). Divergence checks and progress "
@@ -446,7 +461,7 @@ SCHEMA: dict[str, Option] = {
                                "gradient evaluations per eval point)", boolean, added=2),
     "record.landscape_factors": Option([0.5, 1.0, 2.0, 4.0], "the landscape probes' step sizes, as "
                                        "multiples of train.learning_rate",
-                                       list_of(number(above=0)), added=2),
+                                       list_of(number(above=0), maximum=MAX_FACTORS), added=2),
     "record.ics": Option(False, "Santurkar et al. 2018 internal covariate shift (Def. 2.1) of each "
                          "weight layer at each eval point: l2 distance and cosine between its "
                          "gradient before and after the preceding layers' update", boolean, added=2),

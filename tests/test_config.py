@@ -31,7 +31,7 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
 
 
 def test_empty_config_gives_every_default_and_the_two_default_variants(tmp_path):
-    runs = load_runs([write(tmp_path, "")])
+    runs = load_runs([write(tmp_path, "{}\n")])
     assert [r.variant for r in runs] == ["no_bn", "bn"]
     assert runs[0].experiment == "exp"  # the file's name
     for key, option in SCHEMA.items():
@@ -82,7 +82,7 @@ def test_run_ids_are_stable_and_follow_the_resolved_config(tmp_path):
 
 
 def test_speed_only_keys_stay_out_of_the_run_id(tmp_path):
-    base = load_runs([write(tmp_path, "")])[0]
+    base = load_runs([write(tmp_path, "{}\n")])[0]
     traced = load_runs([write(tmp_path, "record: {tensorboard: true}\n")])[0]
     assert traced.params["record.tensorboard"] is True
     assert config_hash(base.params) == config_hash(traced.params)
@@ -280,11 +280,13 @@ def test_sweep_points_resolving_to_one_config_are_an_error(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ('name: ".."\n', "name: use letters"),
     ('name: "."\n', "name: use letters"),
+    ('name: .hidden\n', "not starting with a dot"),
     ('name: "a\\n"\n', "name: use letters"),
     ('name: "a/b"\n', "name: use letters"),
     (f'name: {"x" * 121}\n', "name: at most 120 characters"),
-    ('variants: {"..": {}}\n', "variant names may use letters, digits, _ and . only, and not only dots"),
-    ('variants: {".": {}}\n', "not only dots"),
+    ('variants: {"..": {}}\n', "variant names may use letters, digits, _ and . only, and not start with a dot"),
+    ('variants: {".": {}}\n', "not start with a dot"),
+    ('variants: {".bn": {}}\n', "not start with a dot"),
     ('variants: {"a\\n": {}}\n', "variant names may use"),
     (f'variants: {{{"v" * 61}: {{}}}}\n', "variant names have at most 60 characters"),
 ])

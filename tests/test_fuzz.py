@@ -1,13 +1,16 @@
-"""Fuzzed configs and --set values: `validate` answers 0 or 2, never a traceback, and a config that
-`validate` rejects makes `run` write nothing (issues 16 and 17)."""
+"""Fuzzed configs, --set and --where values: `validate` answers 0 or 2, never a traceback, and a
+config that `validate` rejects makes `run` write nothing (issues 16 and 17); `summary --where`
+answers 0 or 2 whatever the value (issue 20)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from results_fixtures import sweep_results
 from typer.testing import CliRunner
 
 from bncompare.cli import app
@@ -31,14 +34,23 @@ SECTION_VALUES = st.dictionaries(st.sampled_from(sorted({k.split(".", 1)[1] for 
                                  VALUES, max_size=4)
 CONFIGS = st.dictionaries(st.one_of(st.sampled_from(SECTIONS), KEYS),
                           st.one_of(SECTION_VALUES, VALUES), max_size=5)
+# Tags whose content PyYAML cannot convert, and hostile YAML that must stay cheap (issue 20).
+TAGGED = st.one_of(
+    st.tuples(st.sampled_from(["!!int", "!!float", "!!bool", "!!timestamp", "!!str", "!!null"]),
+              st.text(alphabet="abc019-:. ", max_size=12)).map(" ".join),
+    st.sampled_from(["2001-13-45", "!!int", "!!timestamp", "&a [*a]", "[" * 40, "1" + "0" * 400, "9" * 500,
+                     "[&a0 [x,x,x,x,x,x,x,x,x], " + ", ".join(
+                         f"&a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)) + "]"]))
 RAW_TEXT = st.one_of(
     CONFIGS.map(lambda config: yaml.safe_dump(config, allow_unicode=True)),
     st.text(max_size=200),
     st.sampled_from(["a: &a [*a]\n", "x: " + "[" * 50 + "]" * 50, "train: {seeds: [" + "9" * 5000 + "]}",
-                     "model: {hidden: [8]}\nmodel.hidden: [4]\n", "name: ..\n", "- 1\n"]))
+                     "model: {hidden: [8]}\nmodel.hidden: [4]\n", "name: ..\n", "- 1\n"]),
+    st.tuples(st.sampled_from(sorted(SCHEMA)), TAGGED).map(
+        lambda kv: f"{kv[0].split('.')[0]}:\n  {kv[0].split('.')[-1]}: {kv[1]}\n"))
 SET_VALUES = st.lists(st.tuples(KEYS, st.one_of(
     VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()),
-    st.text(max_size=20))).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=3)
+    st.text(max_size=20), TAGGED)).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=3)
 
 
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -58,3 +70,21 @@ def test_validate_exits_0_or_2_and_a_rejected_config_writes_nothing(tmp_path: Pa
         refused = runner.invoke(app, ["run", *args, "--out", str(out)])
         assert refused.exit_code == 2 and not out.exists(), refused.output
         assert "Traceback" not in result.output and "\x1b" not in result.output
+
+
+@settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(key=st.one_of(st.sampled_from(["learning_rate", "train.learning_rate", "variant", "seed"]),
+                     KEYS),
+       value=st.one_of(TAGGED, st.text(max_size=20),
+                       VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip())))
+def test_where_answers_0_or_2_whatever_the_value(where_results: Path, key: str, value: str) -> None:
+    result = runner.invoke(app, ["summary", str(where_results), "--where", f"{key}={value}"])
+    assert result.exit_code in (0, 2), (key, value, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        key, value, repr(result.exception))
+
+
+@pytest.fixture(scope="module")
+def where_results(tmp_path_factory) -> Path:
+    return sweep_results(tmp_path_factory.mktemp("where"))

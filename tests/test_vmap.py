@@ -2,22 +2,23 @@
 
 The engine needs the JAX backend, and CI runs pytest once on TensorFlow, so `test_vmap_under_jax`
 runs this module again in a subprocess with KERAS_BACKEND=jax; there the other tests run and it is
-skipped. The recorder and member below are a minimal stand-in for bncompare.lifecycle's (same
-methods, same divergence rules), to be swapped for the real ones.
+skipped. The engine reports to bncompare.lifecycle's own Recorder and Member, as in a real run.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bncompare.config import Run
+from bncompare.lifecycle import Listener, Member, Recorder
+from bncompare.schedule import Schedule
 from bncompare.schema import SCHEMA
 
 ON_JAX = os.environ.get("KERAS_BACKEND") == "jax"
@@ -37,52 +38,48 @@ def test_vmap_under_jax():
     assert " passed" in done.stdout and "skipped" in done.stdout  # the JAX tests ran, this one not
 
 
-# ---- a stand-in for the lifecycle --------------------------------------------------------------
+# ---- the lifecycle's own Recorder, read back ----------------------------------------------------
 
 
-class FakeRecorder:
-    """Recorder's documented methods: start, block, point, active (lifecycle divergence rules)."""
+class Heard(Listener):
+    """What a progress display hears: each compiled call's (step, loss, accuracy)."""
 
-    def __init__(self, classes: int):
-        self.classes, self.active = classes, True
-        self.start_loss: float | None = None
+    def __init__(self) -> None:
         self.blocks: list[tuple[int, float, float]] = []
-        self.points: list[dict[str, Any]] = []
-        self.diverged_at: int | None = None
 
-    def start(self, start_loss: float) -> None:
-        self.start_loss = start_loss
-
-    def block(self, step: int, loss: float, accuracy: float) -> bool:
-        assert self.active, "an inactive member must not be reported"
+    def step(self, step: int, loss: float, accuracy: float, slot: int = 0) -> None:
         self.blocks.append((step, loss, accuracy))
-        if not math.isfinite(loss):
-            self._diverge(step)
-        return self.active
-
-    def point(self, point: dict[str, Any], blocks: dict | None = None, state=None) -> bool:
-        from bncompare.lifecycle import explosion_limit
-
-        assert self.active, "an inactive member must not be reported"
-        if (not math.isfinite(point["val_loss"])
-                or point["loss"] > explosion_limit(self.start_loss, self.classes)):
-            self._diverge(point["step"])
-        else:
-            self.points.append(point)
-        return self.active
-
-    def _diverge(self, step: int) -> None:
-        self.active, self.diverged_at = False, step
 
 
-@dataclass
-class FakeMember:
-    run: Run
-    schedule: Any
-    recorder: FakeRecorder
-    slot: int = 0
-    extra: dict = field(default_factory=dict)
-    resume: Any = None  # no checkpoint: tests/test_resume.py resumes through the real lifecycle
+class Recorded(Recorder):
+    """bncompare.lifecycle's Recorder (its divergence rules, its metrics.json in a temporary
+    directory), with what it recorded read back for the assertions."""
+
+    def __init__(self, run: Run, data, slot: int = 0, heard: Heard | None = None):
+        self.heard = heard or Heard()
+        super().__init__(run, Path(tempfile.mkdtemp(prefix="vmap-test-")),
+                         Schedule.for_run(run.params, len(data.x_train)), data,
+                         environment={"backend": "jax"}, engine={"name": "vmap", "members": 0},
+                         listener=self.heard, slot=slot)
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        history = self.metrics.data["history"]
+        return [{key: values[i] for key, values in history.items() if i < len(values)}
+                for i in range(len(history["step"]))]
+
+    @property
+    def blocks(self) -> list[tuple[int, float, float]]:
+        return self.heard.blocks
+
+    @property
+    def diverged_at(self) -> int | None:
+        return (self.metrics.data["diverged_at"] or {}).get("step")
+
+
+def member(run: Run, data, slot: int = 0, heard: Heard | None = None) -> Member:
+    recorder = Recorded(run, data, slot, heard)
+    return Member(run, recorder.schedule, recorder, slot)
 
 
 def make_run(seed: int = 0, **overrides: Any) -> Run:
@@ -100,15 +97,13 @@ def dataset(run: Run):
     return load_dataset(run["data.dataset"], run["data.validation"], run["data.train_limit"])
 
 
-def train_vmapped(runs: list[Run]) -> list[FakeRecorder]:
+def train_vmapped(runs: list[Run]) -> list[Recorded]:
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.schedule import Schedule
 
     engine, data = VmapEngine(), dataset(runs[0])
     assert all(engine.refuses(run) is None for run in runs)
     assert len({engine.group_key(run) for run in runs}) == 1
-    members = [FakeMember(run, Schedule.for_run(run.params, len(data.x_train)),
-                          FakeRecorder(data.classes), slot) for slot, run in enumerate(runs)]
+    members = [member(run, data, slot) for slot, run in enumerate(runs)]
     engine.train(members, data)
     return [m.recorder for m in members]
 
@@ -118,7 +113,6 @@ def train_alone(run: Run, learning_rate_factor: float = 1.0) -> list[dict[str, A
     from bncompare.backend import import_keras
     from bncompare.models import build_model, loss_function
     from bncompare.engines.common import make_optimizer, steps_per_execution
-    from bncompare.schedule import Schedule
 
     keras, data, params = import_keras(), dataset(run), dict(run.params)
     params["train.learning_rate"] *= learning_rate_factor
@@ -153,7 +147,7 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def assert_learns_as_alone(run: Run, recorder: FakeRecorder) -> None:
+def assert_learns_as_alone(run: Run, recorder: Recorded) -> None:
     """Final training and validation loss within RELATIVE, accuracy within ACCURACY; a BN member
     that misses RELATIVE must stay within its chaos floor (a 1e-6 learning-rate change, alone)."""
     alone = train_alone(run)
@@ -248,17 +242,15 @@ def test_refusals_and_groups():
 def test_ctrl_c_stops_after_the_compiled_call():
     from bncompare import interrupts
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.schedule import Schedule
 
-    class StopAsked(FakeRecorder):
-        def block(self, step, loss, accuracy):
+    class StopAsked(Heard):
+        def step(self, step, loss, accuracy, slot=0):
             interrupts._requested = True  # what the SIGINT handler sets
-            return super().block(step, loss, accuracy)
+            super().step(step, loss, accuracy, slot)
 
     runs = [make_run(seed, train__learning_rate=0.01) for seed in (0, 1)]
     data = dataset(runs[0])
-    members = [FakeMember(run, Schedule.for_run(run.params, len(data.x_train)), StopAsked(data.classes),
-                          slot) for slot, run in enumerate(runs)]
+    members = [member(run, data, slot, StopAsked()) for slot, run in enumerate(runs)]
     try:
         with pytest.raises(KeyboardInterrupt):
             VmapEngine().train(members, data)
@@ -271,15 +263,13 @@ def test_ctrl_c_stops_after_the_compiled_call():
 @jax_only
 def test_groups_of_one_key_and_size_share_their_compiled_programs():
     from bncompare.engines.vmap import VmapEngine
-    from bncompare.schedule import Schedule
 
     engine = VmapEngine()
     data = dataset(make_run())
     results = []
     for seeds in ((0, 1), (0, 1), (2, 3)):
         runs = [make_run(seed, train__learning_rate=0.01 * (seed + 1)) for seed in seeds]
-        members = [FakeMember(run, Schedule.for_run(run.params, len(data.x_train)),
-                              FakeRecorder(data.classes), slot) for slot, run in enumerate(runs)]
+        members = [member(run, data, slot) for slot, run in enumerate(runs)]
         engine.train(members, data)
         results.append([m.recorder.points[-1]["val_loss"] for m in members])
         if len(results) == 1:

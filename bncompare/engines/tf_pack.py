@@ -118,6 +118,13 @@ class TfPackEngine:
             end = last - epoch * schedule.steps_per_epoch
             for start in range(begin, end, steps_per_call):  # blocks from the chunk's start, as fit
                 stop = min(start + steps_per_call, end)
+                if stopwatch.first is None and start < full_steps:
+                    # A call of zero steps traces and compiles the loop and trains nothing: its
+                    # time is the compile time, also for a run that is one call (see Stopwatch).
+                    started = time.perf_counter()
+                    loop.train(full, 0, start)
+                    loop.sums.numpy()
+                    stopwatch.add(time.perf_counter() - started, 0)
                 started = time.perf_counter()
                 if start < full_steps:
                     loop.train(full, min(stop, full_steps) - start, start)
