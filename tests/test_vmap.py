@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bncompare import checkpoint
 from bncompare.config import Run
 from bncompare.lifecycle import Listener, Member, Recorder
 from bncompare.schedule import Schedule
@@ -60,7 +61,7 @@ class Recorded(Recorder):
         super().__init__(run, Path(tempfile.mkdtemp(prefix="vmap-test-")),
                          Schedule.for_run(run.params, len(data.x_train)), data,
                          environment={"backend": "jax"}, engine={"name": "vmap", "members": 0},
-                         listener=self.heard, slot=slot)
+                         listener=self.heard, slot=slot, identity=checkpoint.identity(run, "jax", "vmap"))
 
     @property
     def points(self) -> list[dict[str, Any]]:
