@@ -197,7 +197,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
         except OSError:  # the parent is gone: nobody to tell; the watcher stops this worker
             pass
 
-    # SIGINT is blocked (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
+    # SIGINT is ignored (inherited from the parent, see execute_parallel): a terminal's Ctrl-C
     # signals the whole process group, and the parent answers it by sending each worker one
     # SIGTERM, so a worker hears one signal, not two (a second means "stop at once").
     listener = Forward(send, slot)
@@ -227,7 +227,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
             stopped = True
         if busy and not stopped:  # outcomes reach the parent through the listener, as above
             runner.execute(busy, out, runner.prepare(busy, device), listener,
-                           signals=(signal.SIGTERM,))  # SIGINT stays blocked, as above
+                           signals=(signal.SIGTERM,))  # SIGINT stays ignored, as above
     send(("exit", slot, 0, None))
 
 
@@ -255,15 +255,18 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
                                args=(slot, worker_environment(slot, jobs, gpus), out, device, force,
                                      pipes[slot][1]))
                for slot in range(jobs)]
-    # Workers start with SIGINT blocked (a signal mask survives fork and exec): Ctrl-C while they
-    # import would otherwise print their tracebacks; the parent stops them with SIGTERM instead.
-    # Blocked, not ignored, in the parent: a Ctrl-C that arrives while the workers start stays
-    # pending and is handled the moment the mask is lifted, instead of being lost.
+    # Workers start with SIGINT ignored, for life: Ctrl-C while they import would otherwise print
+    # their tracebacks, and the parent stops them with one SIGTERM instead. An ignored disposition
+    # survives exec; a blocked mask does not (multiprocessing's spawn resets it in the child).
+    # In the parent SIGINT is blocked first, so one that arrives meanwhile stays pending (Linux
+    # never discards a blocked signal as ignored) and reaches the restored handler at the unblock.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for worker in workers:
             worker.start()
     finally:
+        signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     for _, child_end in pipes:
         child_end.close()  # the workers hold it: their death reads as EOF here
