@@ -155,13 +155,15 @@ def test_usage_errors_are_one_line_like_every_other_error(tmp_path):
     config.write_text(TINY)
     cases = {("run", tmp_path / "missing.yaml"): "does not exist",
              ("run", tmp_path): "is a directory",
-             ("run", config, "--jobs", "0"): "'--jobs'",
              ("run", config, "--bogus"): "No such option: --bogus",
              ("summary",): "Missing argument 'RESULTS_DIR'",
              ("frob",): "No such command 'frob'"}
     for args, expected in cases.items():
         line = one_error(invoke(*args))
         assert expected in line and line.endswith("--help)"), line
+    # --jobs takes auto or a number, read by bncompare itself: one line too.
+    assert one_error(invoke("run", config, "--jobs", "0")) == (
+        "error: --jobs 0: give auto or a number of worker processes (1 or more)")
     assert "not a directory; give a results directory" in one_error(invoke("summary", config))
 
 

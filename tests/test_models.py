@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def params_for(tmp_path, text: str = "", variant: str = "bn") -> dict:
     path = tmp_path / "m.yaml"
-    path.write_text(text)
+    path.write_text(text or "{}")  # {}: every default (an empty file is refused as a likely mistake)
     return next(r for r in load_runs([path]) if r.variant == variant).params
 
 

@@ -354,5 +354,7 @@ def test_jax_backend_trains_the_same_configs(sequential, tmp_path):
                            "--backend", "jax"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = [read_run(p.parent).metrics for p in tmp_path.glob("*/*/metrics.json")]
-    assert sorted(m["run_id"] for m in runs) == sorted(reference)
+    # The same runs, named for the backend (`bn-s0-jax-1a2b3c` beside `bn-s0-08d484`).
+    assert sorted(m["run_id"].rsplit("-", 2)[0] for m in runs) == sorted(r.rsplit("-", 1)[0] for r in reference)
+    assert {m["run_id"].rsplit("-", 2)[1] for m in runs} == {"jax"}
     assert {m["environment"]["backend"] for m in runs} == {"jax"}
