@@ -11,7 +11,7 @@ def main() -> None:
     """Entry point of the `bncompare` console script."""
     from bncompare import interrupts
 
-    interrupts.install()
+    interrupts.install(hard_exit=True)
     code: object = 0
     try:
         from bncompare.cli import app

@@ -119,6 +119,8 @@ def main(ctx: typer.Context,
         ctx.call_on_close(interrupts.uninstall)
     if ctx.invoked_subcommand == "run":  # from here on a first Ctrl-C stops at a safe point
         interrupts.defer()
+    elif ctx.invoked_subcommand in ("plot", "report", "export"):
+        interrupts.writes_files()
     previous = terminal.protect_stdout()  # `bncompare run ... | head`: see terminal.DroppingStream
     ctx.call_on_close(lambda: terminal.restore_stdout(previous))
 

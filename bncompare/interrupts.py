@@ -38,6 +38,11 @@ _requested = False
 _deferring = False  # True: the first signal only records a request (see the module docstring)
 _installed: dict[int, object] | None = None  # the handlers install() replaced, while it is in force
 _exiting = False  # True once the command has its exit code (`exiting()`)
+# True (the console script, until a command that writes files says otherwise): a signal before the
+# command defers ends the process at once. Raising SystemExit from the handler is not enough at
+# start-up: a signal that lands inside a C extension's import or a finaliser has its exception
+# turned into a traceback and exit 1, or swallowed (the command then ends 0).
+_hard_exit = False
 _exit_code: object = None
 
 
@@ -58,25 +63,41 @@ def _handler(signum, frame) -> None:
         _requested = True
         return
     if not _deferring:  # nothing is being trained: stop now, quietly, as interrupted
+        if _hard_exit:  # nothing is being written either (see _hard_exit)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(EXIT_INTERRUPTED)
         raise SystemExit(EXIT_INTERRUPTED)
     if _requested:  # asked twice: the user means now
         raise KeyboardInterrupt
     _requested = True
 
 
-def install() -> bool:
-    """Install the handlers for the rest of the process (see the module docstring).
+def install(hard_exit: bool = False) -> bool:
+    """Install the handlers for the rest of the process (see the module docstring). `hard_exit`:
+    the process is the `bncompare` command itself (see _hard_exit), not a caller of `app()`.
 
     Returns True when this call installed them, False when they already were (or when called off
     the main thread, where Python allows no signal handlers).
     """
-    global _installed
+    global _installed, _hard_exit
     if _installed is not None or threading.current_thread() is not threading.main_thread():
         return False
+    _hard_exit = hard_exit
     _installed = {number: signal.signal(number, _handler) for number in SIGNALS}
     # Registered first, so it runs last: after every library's own exit hook (TensorFlow's, Ray's).
     atexit.register(_last_look)
     return True
+
+
+def writes_files() -> None:
+    """The command writes files (figures, a report, an export): a signal raises SystemExit, so
+    that their clean-up (temporary files of atomic writes) runs."""
+    global _hard_exit
+    _hard_exit = False
 
 
 def exiting(code: object) -> object:
@@ -107,11 +128,11 @@ def _last_look() -> None:
 
 def uninstall() -> None:
     """Put back the handlers `install()` replaced and forget any request (for tests in-process)."""
-    global _installed, _requested, _deferring, _exiting
+    global _installed, _requested, _deferring, _exiting, _hard_exit
     if _installed is not None:
         for number, handler in _installed.items():
             signal.signal(number, handler)
-    _installed, _requested, _deferring, _exiting = None, False, False, False
+    _installed, _requested, _deferring, _exiting, _hard_exit = None, False, False, False, False
     atexit.unregister(_last_look)
 
 
