@@ -410,7 +410,7 @@ SCHEMA: dict[str, Option] = {
     "train.jit_compile": Option(
         "auto", "compile training with XLA: auto (TensorFlow: off, so every path learns what the "
         "plain path learns bit for bit; JAX: always on) | true (TensorFlow: opt-in; XLA reorders "
-        "float sums, so a BN run learns something slightly different, see README) | false",
+        "float sums, so a BN run learns something slightly different, see docs/guide.md) | false",
         either("auto", boolean, "true or false"), in_run_id=False),
     "train.pack": Option(
         "auto", "auto: the planner groups runs for the backend's engine (TensorFlow: runs that "
@@ -460,7 +460,7 @@ SCHEMA: dict[str, Option] = {
                                "beta-smoothness along the gradient (costs 1 + len(landscape_factors) "
                                "gradient evaluations per eval point)", boolean, added=2),
     "record.landscape_factors": Option([0.5, 1.0, 2.0, 4.0], "the landscape probes' step sizes, as "
-                                       "multiples of train.learning_rate",
+                                       f"multiples of train.learning_rate (at most {MAX_FACTORS})",
                                        list_of(number(above=0), maximum=MAX_FACTORS), added=2),
     "record.ics": Option(False, "Santurkar et al. 2018 internal covariate shift (Def. 2.1) of each "
                          "weight layer at each eval point: l2 distance and cosine between its "
@@ -470,5 +470,15 @@ SCHEMA: dict[str, Option] = {
 SECTIONS = ("data", "model", "train", "record")
 # Top-level keys that are not plain options.
 STRUCTURE_KEYS = ("variants", "sweep")
+# What they accept and mean, in the words docs/config-reference.md prints (scripts/config_reference.py
+# reads them here, so that the schema stays the one source of every key's documentation).
+STRUCTURE_HELP = {
+    "variants": ("a mapping: variant name (letters, digits, _ and .) -> {dotted key: value}",
+                 "the named variants compared in every plot and table, each a set of overrides of the "
+                 "keys above; --variants A,B trains only some of them"),
+    "sweep": ("a mapping: dotted key -> non-empty list of values",
+              "sweep axes: every combination of their values, crossed with the variants and "
+              "train.seeds; --sweep KEY=V1,V2 adds or replaces an axis from the command line"),
+}
 
 DEFAULT_VARIANTS = {"no_bn": {"model.batch_norm": False}, "bn": {"model.batch_norm": True}}
