@@ -67,9 +67,14 @@ def anchors(path: Path) -> set[str]:
     return out
 
 
-def links(path: Path) -> list[str]:
-    text = INLINE_CODE.sub("", FENCE.sub("", path.read_text(encoding="utf-8")))
+def links_in(text: str) -> list[str]:
+    """The relative link targets of Markdown text, leaving out code and URLs with a scheme."""
+    text = INLINE_CODE.sub("", FENCE.sub("", text))
     return [target for target in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+
+
+def links(path: Path) -> list[str]:
+    return links_in(path.read_text(encoding="utf-8"))
 
 
 def test_slug_follows_github():
@@ -79,10 +84,6 @@ def test_slug_follows_github():
         "every-eval-point-in-pandas-bncompare-export-and-bncompareload")
     assert links_in("see [a](b.md#c) and `[not](a link)` and ![x](y.png) and [web](https://x.org)") == [
         "b.md#c", "y.png"]
-
-
-def links_in(text: str) -> list[str]:
-    return [t for t in LINK.findall(INLINE_CODE.sub("", text)) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -96,3 +97,31 @@ def test_every_relative_link_resolves(doc):
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             broken.append(f"{target}: no heading with that anchor in {path.relative_to(ROOT)}")
     assert not broken, f"{doc.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def tables(text: str) -> list[list[str]]:
+    """Each Markdown table of `text` (outside code blocks) as its lines."""
+    out: list[list[str]] = []
+    previous_was_row = False
+    for line in FENCE.sub("", text).split("\n"):
+        row = line.startswith("|")
+        if row and not previous_was_row:
+            out.append([])
+        if row:
+            out[-1].append(line)
+        previous_was_row = row
+    return out
+
+
+def cells(row: str) -> int:
+    return len(re.split(r"(?<!\\)\|", row.strip().strip("|")))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_row_has_its_header_s_cells(doc):
+    """A stray pipe in a cell shifts the rest of its row under the wrong header."""
+    for table in tables(doc.read_text(encoding="utf-8")):
+        header = cells(table[0])
+        assert re.fullmatch(r"\|( *:?-+:? *\|)+", table[1].strip()), table[1]
+        for row in table[1:]:
+            assert cells(row) == header, f"{doc.relative_to(ROOT)}: {row[:80]}"
