@@ -267,7 +267,7 @@ def append_series(target: dict, blocks: dict) -> None:
 # a whole file at every point made a run's write time grow with the square of its eval points,
 # while this keeps writing to about 1/WRITE_SPACING of the run's time and the total linear in its
 # eval points (benchmarks/metrics_writes.py). A reader sees a file at most that long plus one eval
-# interval behind the run (docs/compare.md, `--include-running`).
+# interval behind the run (docs/limits.md, "How fresh a running run's metrics.json is").
 WRITE_SPACING = 20.0
 
 
@@ -282,7 +282,7 @@ class WritePacer:
 
     def __init__(self, spacing: float = WRITE_SPACING, clock: Callable[[], float] = time.perf_counter):
         self.spacing, self.clock = spacing, clock
-        self._costs: dict[int, float] = {}  # by id(MetricsFile): the seconds its last write took
+        self._costs: dict[MetricsFile, float] = {}  # the seconds each file's last write took
 
     def due(self, written_at: float) -> bool:
         """True when a file last written at clock time `written_at` is to be written again."""
@@ -291,9 +291,9 @@ class WritePacer:
     def wrote(self, file: "MetricsFile", seconds: float, running: bool) -> None:
         """Note a write's cost; a finished file writes no more eval points and stops counting."""
         if running:
-            self._costs[id(file)] = seconds
+            self._costs[file] = seconds
         else:
-            self._costs.pop(id(file), None)
+            self._costs.pop(file, None)
 
 
 class MetricsFile:
