@@ -23,8 +23,10 @@ Design
   The batch order needs nothing: it is a function of (seed, epoch) (schedule.py), and every engine
   resumes at an eval point, which is a chunk boundary, so steps_per_execution blocks line up.
 - Trust: the history is taken from the checkpoint, not from metrics.json. metrics.json is written
-  before the checkpoint at each eval point, so after a kill between the two it can be one point
-  ahead of the weights; the checkpoint's copy is the one that matches them.
+  before each checkpoint (lifecycle.Recorder._checkpoint flushes the points its pacer held back),
+  so after a kill it is never behind the checkpoint but can be ahead of the weights, by the points
+  recorded since; the checkpoint's copy is the one that matches them. Resuming needs nothing else
+  of metrics.json than a status saying the run did not end (`running` or `interrupted`).
 - A checkpoint is used only by a rerun of the run that wrote it: same release, backend, engine, run
   id and params, and only when metrics.json says the run was interrupted (or its process died).
   Anything else (unreadable, truncated, not a regular file, foreign) is never used: the run

@@ -28,9 +28,8 @@ from bncompare import __version__, checkpoint
 from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
-                               claim_holder, make_directories, now, read_run, remove_stale_temporaries,
-                               strict,
-                               write_config)
+                               WritePacer, claim_holder, make_directories, now, read_run,
+                               remove_stale_temporaries, strict, write_config)
 from bncompare.schedule import Schedule
 
 # A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
@@ -153,7 +152,8 @@ class Recorder:
 
     def __init__(self, run: Run, run_dir: Path, schedule: Schedule, data, *, environment: dict[str, Any],
                  engine: dict[str, Any], listener: Listener, slot: int,
-                 resume: Checkpoint | None = None, identity: dict[str, Any] | None = None):
+                 resume: Checkpoint | None = None, identity: dict[str, Any] | None = None,
+                 pacer: WritePacer | None = None):
         from bncompare.instruments import Instruments  # NumPy only; Keras is imported when measuring
 
         self.run, self.schedule, self.listener, self.slot = run, schedule, listener, slot
@@ -165,7 +165,8 @@ class Recorder:
         restored = resume.metrics if resume else None
         self.metrics = MetricsFile(run_dir, experiment=run.experiment, run_id=run.run_id,
                                    variant=run.variant, params=run.params, environment=environment,
-                                   engine=engine, restored=restored, resumed_at=resume and resume.step)
+                                   engine=engine, restored=restored, resumed_at=resume and resume.step,
+                                   pacer=pacer or WritePacer())  # the group's (train_group), or its own
         self.first_point = len(self.metrics.data["history"]["step"])  # the first of this process
         seconds = self.metrics.data["history"]["seconds"]
         self.seconds_before = (seconds[-1] or 0.0) if resume and seconds else 0.0
@@ -250,6 +251,7 @@ class Recorder:
 
     def _checkpoint(self, point: dict[str, Any], state: Callable[[], tuple[list, Any]]) -> None:
         """Save the training state at this eval point (after metrics.json: see checkpoint.py)."""
+        self.metrics.flush()  # so that a killed run's metrics.json is never behind its checkpoint
         started = time.perf_counter()
         variables, torch_rng = state()
         try:
@@ -331,15 +333,35 @@ def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environm
     OSError from the disk while doing so is re-raised for the caller to report.
     """
     listener = listener or Listener()
+    recorders: list[Recorder] = []
+    try:
+        return _train_group(engine, runs, run_dirs, data, environment, listener, first_slot, recorders)
+    finally:  # an exit that skipped a run's finish (a second Ctrl-C, a disk error while finishing)
+        _flush(recorders)
+
+
+def _flush(recorders: list[Recorder]) -> None:
+    """Write the eval points each run's pacer held back (a no-op for runs that ended), so that a
+    run that stops without `finish` leaves all it recorded on disk, as when every point was written."""
+    for recorder in recorders:
+        try:
+            recorder.metrics.flush()
+        except OSError:
+            pass  # the disk refused: the error that brought us here is the one to report
+
+
+def _train_group(engine, runs, run_dirs, data, environment, listener, first_slot,
+                 recorders: list[Recorder]) -> list[Recorder]:
+    """train_group's body; `recorders` gets each run's Recorder as it is made."""
     engine_record = {"name": engine.name, "members": len(runs)}
-    recorders = []
+    pacer = WritePacer()  # one for the group: its files share the spacing (results.WritePacer)
     for offset, (run, run_dir) in enumerate(zip(runs, run_dirs)):
         schedule = Schedule.for_run(run.params, len(data.x_train))
         identity = checkpoint.identity(run, environment.get("backend", ""), engine.name)
         resume, why_not = resume_point(run_dir, identity)
         recorders.append(Recorder(run, run_dir, schedule, data, environment=environment,
                                   engine=engine_record, listener=listener, slot=first_slot + offset,
-                                  resume=resume, identity=identity))
+                                  resume=resume, identity=identity, pacer=pacer))
         if why_not:
             recorders[-1].warn(f"trains from step 0: {why_not}")
         elif resume:

@@ -6,6 +6,8 @@ Safety rules, each for a failure other tools have:
 - every file is written to a temporary file in the same directory, fsynced, then os.replace()d, so a
   reader (or a crash) never sees half a file;
 - NaN and inf become null, so metrics.json is strict JSON that every parser accepts;
+- a training run's metrics.json is rewritten whole, but not at every eval point: a `WritePacer`
+  spaces the rewrites so that they cost a bounded share of the run's time (see MetricsFile);
 - a run is claimed by an exclusive lock (flock) on its `.claim` file before training. The kernel drops
   the lock when the process dies, even by SIGKILL, so a dead process's claim is free to take, and a
   reader can tell a live `running` run from one whose process is gone (reported as `interrupted`).
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -260,16 +262,67 @@ def append_series(target: dict, blocks: dict) -> None:
             target.setdefault(key, []).append(value)
 
 
+# An eval point rewrites metrics.json only once the time since the file was last written is at
+# least WRITE_SPACING times what writing every file of its group once costs (WritePacer): rewriting
+# a whole file at every point made a run's write time grow with the square of its eval points,
+# while this keeps writing to about 1/WRITE_SPACING of the run's time and the total linear in its
+# eval points (benchmarks/metrics_writes.py). A reader sees a file at most that long plus one eval
+# interval behind the run (docs/limits.md, "How fresh a running run's metrics.json is").
+WRITE_SPACING = 20.0
+
+
+class WritePacer:
+    """Decides when an eval point rewrites a metrics.json, for all the files of one group.
+
+    Shared by a group's members so that the spacing grows with the group: each file waits
+    `spacing` times the summed cost of the last write of every file still running, so a group of
+    64 writes its 64 files once per such interval, not 64 files per eval point, and writing stays
+    at about 1/`spacing` of the time whatever the group's size. `clock` is injectable for tests.
+    """
+
+    def __init__(self, spacing: float = WRITE_SPACING, clock: Callable[[], float] = time.perf_counter):
+        self.spacing, self.clock = spacing, clock
+        self._costs: dict[MetricsFile, float] = {}  # the seconds each file's last write took
+
+    def due(self, written_at: float) -> bool:
+        """True when a file last written at clock time `written_at` is to be written again."""
+        return self.clock() - written_at >= self.spacing * sum(self._costs.values())
+
+    def wrote(self, file: "MetricsFile", seconds: float, running: bool) -> None:
+        """Note a write's cost; a finished file writes no more eval points and stops counting."""
+        if running:
+            self._costs[file] = seconds
+        else:
+            self._costs.pop(file, None)
+
+
 class MetricsFile:
-    """Builds one run's metrics.json, rewriting it atomically at every change."""
+    """Builds one run's metrics.json, rewriting it atomically (write_json) as it changes.
+
+    Without a `pacer` every change is written at once. With one (how training records runs), an
+    eval point is written only when the pacer says so (see WRITE_SPACING); everything else is
+    written at once: the start, a warning, the end (`finish`, `exclude_compile`), and `flush`,
+    which the lifecycle calls before each checkpoint and on any exit that skips `finish`. Every
+    write is a whole file, fsynced then renamed over the old one, so a reader sees strict JSON at
+    every instant, and the data written does not depend on when: the last file is the same bytes
+    whichever points were written on the way. The fsync stays on the intermediate writes too: a
+    power loss after an unsynced rename can leave an empty metrics.json, which reads as a run that
+    never recorded anything, and a rerun then discards the run's checkpoint (lifecycle.resume_point)
+    instead of resuming; the pacer counts the fsync in a write's cost, so it costs no more than the
+    rest.
+    """
 
     def __init__(self, run_dir: Path, *, experiment: str, run_id: str, variant: str,
                  params: dict[str, Any], environment: dict[str, Any],
                  engine: dict[str, Any] | None = None, restored: dict[str, Any] | None = None,
-                 resumed_at: int | None = None):
+                 resumed_at: int | None = None, pacer: WritePacer | None = None):
         """A new run's file; with `restored` (the file as a checkpoint saved it), a run resumed at
         step `resumed_at`: its history and series go on, `resumes` records the step."""
         self.path = Path(run_dir) / METRICS_FILE
+        self.pacer = pacer
+        self.pending = False  # eval points added since the last write
+        self.writes = 0
+        self.written_at = -math.inf  # pacer clock at the end of the last write
         self.data: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "experiment": experiment, "run_id": run_id,
             "variant": variant, "status": "running", "engine": engine, "params": params,
@@ -285,7 +338,19 @@ class MetricsFile:
         self.save()
 
     def save(self) -> None:
+        """Write the file now."""
+        clock = self.pacer.clock if self.pacer else time.perf_counter
+        started = clock()
         write_json(self.path, self.data)
+        self.written_at, self.pending = clock(), False
+        self.writes += 1
+        if self.pacer:
+            self.pacer.wrote(self, self.written_at - started, self.data["status"] == "running")
+
+    def flush(self) -> None:
+        """Write the eval points the pacer held back, if any."""
+        if self.pending:
+            self.save()
 
     def add_point(self, point: dict[str, Any], blocks: dict[str, dict[str, dict[str, float]]] | None = None) -> None:
         """Append one eval point to the history; `blocks` are recorded series outside the history:
@@ -295,7 +360,9 @@ class MetricsFile:
         for key in dict.fromkeys([*HISTORY_KEYS, *point]):  # extra keys: val_accuracy_precise...
             history.setdefault(key, []).append(point.get(key))
         append_series(self.data, blocks or {})
-        self.save()
+        self.pending = True
+        if self.pacer is None or self.pacer.due(self.written_at):
+            self.save()
 
     def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None,
                final: dict[str, Any] | None = None) -> None:
