@@ -12,7 +12,6 @@ larger; accuracies within 0.002.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -108,65 +107,57 @@ def train_vmapped(runs: list[Run], data) -> list:
 
 
 def tiny(seed: int, rate: float, **overrides: Any) -> Run:
-    """16 steps of a 16-8 MLP on 256 synthetic examples, an eval point every 8 steps."""
-    settings = dict(data__train_limit=256, model__hidden=[16, 8], train__steps=16,
+    """16 steps (2 epochs of full batches) of a BN MLP with one hidden layer of 8 units and dropout,
+    on 256 synthetic examples with 20% of the split held out (so the test split exists), an eval
+    point every 8 steps."""
+    settings = dict(data__train_limit=256, data__validation=0.2, model__hidden=[8],
+                    model__batch_norm=True, model__dropout=0.1, train__steps=16,
                     record__eval_every=8, train__learning_rate=rate)
     return make_run(seed, **{**settings, **overrides})
+
+
+# Every eval-time feature that needs a member's model: instruments, probes, BN evaluations beyond
+# the moving averages, unbiased inference variance, the test split, an eval point at step 0.
+EVERYTHING = dict(record__activations=True, record__gradients=True, record__landscape=True,
+                  record__ics=True, record__eval_at_start=True, record__test=True,
+                  record__bn_eval=["moving", "precise", "batch"], record__precise_examples=128,
+                  model__bn_variance="unbiased", record__train_eval=100)
+# Per member: seed, learning rate, weight decay (ICS applies the member's own optimizer update).
+MEMBERS = [(0, 3e-3, 1e-3), (1, 1e-2, 0.1)]
+
+
+@pytest.fixture(scope="module")
+def everything():
+    """The members with every eval-time feature, trained as one vmap group: (runs, recorders)."""
+    runs = [tiny(seed, rate, train__weight_decay=decay, **EVERYTHING) for seed, rate, decay in MEMBERS]
+    return runs, train_vmapped(runs, dataset(runs[0]))
 
 
 # ---- the features --------------------------------------------------------------------------------
 
 
 @jax_only
-def test_instruments_step_zero_and_test_split():
-    """record.activations, record.gradients, record.eval_at_start and record.test (BN, SGD with
-    momentum): the series, the step-0 point and the test scores each member records alone."""
-    runs = [tiny(seed, rate, model__batch_norm=True, train__optimizer="momentum",
-                 record__activations=True, record__gradients=True, record__eval_at_start=True,
-                 record__test=True, data__validation=0.2)
-            for seed, rate in [(0, 0.02), (1, 0.05), (2, 0.1)]]
-    data = dataset(runs[0])
-    for run, recorder in zip(runs, train_vmapped(runs, data)):
-        recorded = assert_records_as_alone(run, recorder, data)
+def test_every_eval_time_feature_is_recorded_as_alone(everything):
+    """Activations, gradient norms, landscape, ICS, the precise and batch BN columns with unbiased
+    variance, train_eval, the step-0 point and the test scores: each member's, as alone."""
+    runs, recorders = everything
+    for run, recorder in zip(runs, recorders):
+        recorded = assert_records_as_alone(run, recorder, dataset(run))
         assert recorded["history/step"] == [0, 8, 16] and recorded["history/loss"][0] is None
-        assert {"activations/layer_1/p50", "gradients/bn_1/gamma/norm", "final/test_loss"} <= set(recorded)
+        assert {"activations/layer_1/p50", "gradients/bn_1/gamma/norm", "landscape/beta_smoothness",
+                "ics/output/cosine", "history/val_loss_precise", "history/val_accuracy_batch",
+                "history/train_eval_loss", "final/test_loss", "final/test_accuracy"} <= set(recorded)
 
 
 @jax_only
-def test_landscape_and_ics_probes():
-    """record.landscape and record.ics (BN, Adam with a weight decay and learning rate per member:
-    ICS applies each member's own optimizer update), from step 0 on."""
-    runs = [tiny(seed, rate, model__batch_norm=True, train__weight_decay=decay,
-                 record__landscape=True, record__ics=True, record__eval_at_start=True)
-            for seed, rate, decay in [(0, 1e-3, 1e-3), (1, 1e-2, 0.1)]]
-    data = dataset(runs[0])
-    for run, recorder in zip(runs, train_vmapped(runs, data)):
-        recorded = assert_records_as_alone(run, recorder, data)
-        assert {"landscape/beta_smoothness", "ics/dense_2/cosine"} <= set(recorded)
-
-
-@jax_only
-def test_bn_evaluation_modes_and_unbiased_variance():
-    """record.bn_eval [moving, precise, batch] with model.bn_variance unbiased, record.train_eval
-    and record.test: every column is the solo run's."""
-    runs = [tiny(seed, rate, model__batch_norm=True, record__bn_eval=["moving", "precise", "batch"],
-                 record__precise_examples=128, model__bn_variance="unbiased", record__train_eval=100,
-                 record__test=True, data__validation=0.2)
-            for seed, rate in [(0, 3e-3), (1, 1e-2)]]
-    data = dataset(runs[0])
-    for run, recorder in zip(runs, train_vmapped(runs, data)):
-        recorded = assert_records_as_alone(run, recorder, data)
-        assert {"history/val_loss_precise", "history/val_accuracy_batch",
-                "history/train_eval_loss", "final/test_accuracy"} <= set(recorded)
-
-
-@jax_only
-def test_tensorboard_per_member_and_train_eval_either_way(tmp_path):
-    """record.tensorboard may differ within a group: the member that writes events gets them in its
-    own directory (the values of its own history); train_eval is vmapped for the member without
-    a model and taken from the model for the other, both as alone."""
-    runs = [tiny(0, 1e-3, record__train_eval=100, record__tensorboard=True),
-            tiny(1, 3e-3, record__train_eval=100)]
+def test_tensorboard_per_member_train_eval_either_way_and_training_unchanged(everything):
+    """record.tensorboard may differ within a group: the member that writes events gets them in
+    its own directory, with its own history's values. train_eval is vmapped for the member without
+    a model and taken from the model for the other, both as alone. And all the eval-time work of
+    the group with every feature (members loaded into the template model) left its training
+    unchanged: the same training numbers, bit for bit."""
+    runs = [tiny(seed, rate, train__weight_decay=decay, record__train_eval=100,
+                 record__tensorboard=seed == 0) for seed, rate, decay in MEMBERS]
     data = dataset(runs[0])
     recorders = train_vmapped(runs, data)
     for run, recorder in zip(runs, recorders):
@@ -175,9 +166,14 @@ def test_tensorboard_per_member_and_train_eval_either_way(tmp_path):
     assert not list(other.run_dir.glob("events.out.tfevents.*"))
     events = scalars(writer.run_dir)
     history = writer.metrics.data["history"]
-    for tag in ("val_loss", "loss"):
+    for tag in ("val_loss", "loss", "val_accuracy"):
         assert sorted(events[tag]) == history["step"]
         assert [events[tag][s] for s in history["step"]] == pytest.approx(history[tag], rel=1e-6)
+
+    for quiet, measured in zip(recorders, everything[1]):
+        assert quiet.blocks == measured.blocks
+        for key in ("loss", "accuracy"):  # `measured` has a step-0 point more
+            assert quiet.metrics.data["history"][key] == measured.metrics.data["history"][key][1:]
 
 
 def scalars(run_dir) -> dict[str, dict[int, float]]:
@@ -191,21 +187,3 @@ def scalars(run_dir) -> dict[str, dict[int, float]]:
                 if value.metadata.plugin_data.plugin_name == "scalars":
                     found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
     return found
-
-
-@jax_only
-def test_eval_time_work_leaves_training_unchanged():
-    """Loading members into the template model for instruments, probes and BN evaluations never
-    changes what the group trains: the same training and validation numbers, bit for bit, as the
-    group without them."""
-    plain = [tiny(seed, rate, model__batch_norm=True, model__dropout=0.1)
-             for seed, rate in [(0, 1e-3), (1, 1e-2)]]
-    busy = [tiny(seed, rate, model__batch_norm=True, model__dropout=0.1, record__gradients=True,
-                 record__landscape=True, record__ics=True, record__bn_eval=["moving", "batch"])
-            for seed, rate in [(0, 1e-3), (1, 1e-2)]]
-    data = dataset(plain[0])
-    for quiet, measured in zip(train_vmapped(plain, data), train_vmapped(busy, data)):
-        assert quiet.blocks == measured.blocks
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert quiet.metrics.data["history"][key] == measured.metrics.data["history"][key]
-        assert all(math.isfinite(v) for v in measured.metrics.data["landscape"]["loss_min"])
