@@ -22,6 +22,9 @@ Python, and BN's `1 - momentum` computed from a traced float32 instead of a Pyth
 differently from a solo run.
 A member whose recorder turns inactive (diverged) keeps its last state: the block's result is
 selected per member with `jnp.where`, so nothing is recompiled.
+At eval points, validation (and train_eval) is vmapped; what needs a Keras model (instruments,
+probes, BN evaluation modes, the test split) runs on the template loaded with one member's state at
+a time (vmap_eval.py), through the Recorder's own code.
 
 Steps per call: a call ends at the chunk's end (eval point or epoch end) or after `steps` steps,
 whichever is first; `steps` starts from an arithmetic estimate (STEP_FLOPS_PER_SECOND) and then
