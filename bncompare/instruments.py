@@ -66,9 +66,14 @@ class Instruments:
         self._probe_model = None
         self._writer = _SummaryWriter(Path(run_dir)) if self.tensorboard else None
 
+    @property
+    def on(self) -> bool:
+        """Whether any instrument is on (`measure` then needs the model)."""
+        return bool(self.activations or self.gradients or self.tensorboard)
+
     def measure(self, model, point: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
         """Per-layer blocks for `MetricsFile.add_point` (empty when nothing is recorded)."""
-        if not (self.activations or self.gradients or self.tensorboard):
+        if not self.on:
             return {}
         started = time.perf_counter()
         blocks: dict[str, dict[str, dict[str, float]]] = {}

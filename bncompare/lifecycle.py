@@ -177,11 +177,13 @@ class Recorder:
         self.data = data
         self.probing = bool(run.params.get("record.landscape") or run.params.get("record.ics"))
         params = run.params
-        self.extra_evaluations = (set(params.get("record.bn_eval", ["moving"])) != {"moving"}
-                                  or params.get("record.train_eval", 0) > 0
+        # Evaluations only a model can give (record.train_eval alone an engine may put in the point).
+        self.model_evaluations = (set(params.get("record.bn_eval", ["moving"])) != {"moving"}
                                   or params.get("model.bn_variance", "biased") == "unbiased")
+        self.extra_evaluations = self.model_evaluations or params.get("record.train_eval", 0) > 0
+        self.testing = bool(params.get("record.test"))
+        self.tested: dict[str, float] | None = None  # record.test's scores, taken at the final point
         self.lag_warned = bool(resume and resume.lag_warned)
-        self.model = None  # the last model an engine reported: the final one when training ends
         self.limit = math.inf
         self.status: str | None = None  # set when the run ends
 
@@ -207,16 +209,25 @@ class Recorder:
             self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
         return self.active
 
+    def wants_model(self, step: int) -> bool:
+        """Whether `point` at `step` needs the member's model: for the BN evaluations beyond the
+        moving averages, the instruments, the probes, or (at the final step) `record.test`. An engine
+        that trains without a Keras model per member loads one only then; `record.train_eval` alone
+        it may put in the point itself."""
+        return (self.model_evaluations or self.instruments.on or self.probing
+                or (self.testing and step >= self.schedule.total_steps))
+
     @_fails_alone
     def point(self, point: dict[str, Any], blocks: dict | None = None, model=None,
               optimizer=None, state: Callable[[], tuple[list, Any]] | None = None) -> bool:
         """Record an eval point, or the divergence it shows. With `model` (and the `optimizer`
         training it, default `model.optimizer`), the run's instruments (`record.activations`,
-        `record.landscape`...) measure it first, on a snapshot: training is not changed. With
-        `state` (() -> (variables, torch_rng), see checkpoint.py), the point is checkpointed."""
+        `record.landscape`...) measure it first, on a snapshot: training is not changed; at the
+        final step, `record.test` evaluates it (so an engine may hand every member the same model
+        object, loaded with that member's weights). With `state` (() -> (variables, torch_rng), see
+        checkpoint.py), the point is checkpointed."""
         if not self.active:
             return False
-        self.model = model if model is not None else self.model
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
         if self.seconds_before and point.get("seconds") is not None:
             point["seconds"] = round(point["seconds"] + self.seconds_before, 3)
@@ -237,6 +248,8 @@ class Recorder:
 
                 measured.update(probe_blocks(model, optimizer or model.optimizer, self.data,
                                              self.run.params, point["step"]))
+        if model is not None and self.testing and point["step"] >= self.schedule.total_steps:
+            self.tested = self._test(model)
         self.metrics.add_point(point, measured)
         self.listener.point(point, slot=self.slot)
         if state is not None and self._checkpoint_due(point):
@@ -283,17 +296,21 @@ class Recorder:
             self.warn(text)
 
     def test_scores(self) -> dict[str, float]:
-        """`record.test`: the final model's test_loss and test_accuracy on the test split, with the
-        statistics val_loss uses; {} when not asked for or the run did not train to the end."""
-        if not self.run.params.get("record.test") or not self.active:
+        """`record.test`: the final model's test_loss and test_accuracy on the test split (taken
+        when its final point was recorded); {} when not asked for or the run did not train to the end."""
+        if not self.testing or not self.active:
             return {}
-        if self.model is None:
-            raise RuntimeError("record.test: the engine reported no model to evaluate")
+        if self.tested is None:
+            raise RuntimeError("record.test: the engine reported no model at the final point")
+        return self.tested
+
+    def _test(self, model) -> dict[str, float]:
+        """`model`'s scores on the test split, with the statistics val_loss uses."""
         from bncompare.bn_eval import evaluate
         from bncompare.data import test_split
 
         x, y = test_split(self.run.params["data.dataset"])
-        loss, accuracy = evaluate(self.model, x, y, "moving", batch_size=self.run.params["train.batch_size"],
+        loss, accuracy = evaluate(model, x, y, "moving", batch_size=self.run.params["train.batch_size"],
                                   unbiased=self.run.params.get("model.bn_variance") == "unbiased")
         return {"test_loss": loss, "test_accuracy": accuracy}
 
@@ -378,7 +395,7 @@ def _train_group(engine, runs, run_dirs, data, environment, listener, first_slot
         for part in _by_resume_step(members):
             seconds = engine.train(part, data) or 0.0
             compile_seconds.update({id(member.recorder): seconds for member in part})
-        tested = [recorder.test_scores() for recorder in recorders]  # once per run, whatever the engine
+        tested = [recorder.test_scores() for recorder in recorders]  # taken at each final point
     except KeyboardInterrupt:
         _finish_rest(recorders, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
         raise

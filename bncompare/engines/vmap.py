@@ -22,6 +22,9 @@ Python, and BN's `1 - momentum` computed from a traced float32 instead of a Pyth
 differently from a solo run.
 A member whose recorder turns inactive (diverged) keeps its last state: the block's result is
 selected per member with `jnp.where`, so nothing is recompiled.
+At eval points, validation (and train_eval) is vmapped; what needs a Keras model (instruments,
+probes, BN evaluation modes, the test split) runs on the template loaded with one member's state at
+a time (vmap_eval.py), through the Recorder's own code.
 
 Steps per call: a call ends at the chunk's end (eval point or epoch end) or after `steps` steps,
 whichever is first; `steps` starts from an arithmetic estimate (STEP_FLOPS_PER_SECOND) and then
@@ -50,6 +53,7 @@ from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
+from bncompare.engines.vmap_eval import as_member
 from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
 
 NAME = "vmap"
@@ -71,14 +75,6 @@ MEMORY_SHARE = 0.5
 # `group_key` drops them where they are ignored.
 PER_MEMBER = ("train.learning_rate", "train.weight_decay", "train.seed", "model.init")
 SPEED_ONLY = ("train.jit_compile", "train.pack", "record.tensorboard")
-# What the engine does not do; each such run trains alone through the fit engine.
-RECORDING = {"record.activations": "records activations (per-layer hooks)",
-             "record.gradients": "records gradient norms (per-layer hooks)",
-             "record.tensorboard": "writes TensorBoard events",
-             "record.landscape": "probes the loss landscape",
-             "record.ics": "measures internal covariate shift",
-             "record.eval_at_start": "evaluates at step 0",
-             "record.test": "evaluates the test split (a Keras model per member)"}
 # Measured equal to fit (tests/test_vmap.py). The CNN is not: a vmapped convolution becomes a grouped
 # one that rounds differently, and a tiny no-BN CNN (filters 4-8, lr 0.01, 16 steps) ended 1e-4
 # (training loss) to 8e-4 (validation loss) away from fit, above the 1e-4 promised.
@@ -104,20 +100,14 @@ class VmapEngine:
         backend = import_keras().backend.backend()
         if backend != "jax":
             return f"the vmap engine needs the JAX backend (this is {backend})"
-        for key, what in RECORDING.items():
-            if params.get(key):
-                return f"{key}: {what}, which the vmap engine does not do"
-        modes = params.get("record.bn_eval") or ["moving"]
-        if list(modes) != ["moving"]:
-            return f"record.bn_eval={list(modes)}: the vmap engine evaluates with moving statistics only"
+        # Every record.* key, record.bn_eval mode and model.bn_variance is done: eval points load a
+        # member into the template model for what needs one (vmap_eval.py, tests/test_vmap_eval.py).
         if params.get("model.kind") not in VERIFIED_KINDS:
             return f"model.kind={params.get('model.kind')}: not verified equal to fit under vmap"
         if params.get("model.norm") not in VERIFIED_NORMS:
             return f"model.norm={params.get('model.norm')}: not verified equal to fit under vmap"
         if params.get("model.bn_noise"):
             return "model.bn_noise: not verified equal to fit under vmap"
-        if params.get("model.bn_variance", "biased") != "biased":
-            return "model.bn_variance: unbiased inference statistics need a Keras model per member"
         if params.get("train.precision") == "mixed_float16":
             # fit wraps the optimizer in a LossScaleOptimizer for float16; this engine does not.
             return "train.precision=mixed_float16: needs loss scaling, which the vmap engine lacks"
@@ -393,6 +383,10 @@ class _Group:
             member.recorder.start(float(loss))
             self.active[k] = member.recorder.active
         resumed_at = self._restore()
+        if schedule.is_eval(0) and not resumed_at:  # record.eval_at_start, as fit records it
+            self._record_points(0, None, None, 0.0)
+            if not self.active.any():
+                return
         steps_per_call = self._first_steps_per_call()
         seconds = 0.0
         interval_loss = np.zeros(self.lanes)
@@ -437,29 +431,48 @@ class _Group:
                     return
             if not schedule.is_eval(last):
                 continue
-            val_loss, val_accuracy = self.evaluate(data.x_val, data.y_val)
-            # record.train_eval: N: the first N training examples, inference mode, every point.
-            examples = min(self.params.get("record.train_eval") or 0, len(data.x_train))
-            train_eval = self.evaluate(data.x_train, data.y_train, examples) if examples else None
-            state = _Snapshot(self.state)
-            for k, member in enumerate(self.members):
-                if not self.active[k]:
-                    continue
-                point = {"epoch": schedule.epoch_of(last), "step": last,
-                         "loss": float(interval_loss[k] / interval_examples),
-                         "accuracy": float(interval_correct[k] / interval_examples),
-                         "val_loss": float(val_loss[k]), "val_accuracy": float(val_accuracy[k]),
-                         "seconds": round(seconds, 3)}
-                if train_eval:
-                    point["train_eval_loss"] = float(train_eval[0][k])
-                    point["train_eval_accuracy"] = float(train_eval[1][k])
-                self.active[k] = member.recorder.point(point, state=lambda k=k: state.member(k))
+            self._record_points(last, interval_loss / interval_examples,
+                                interval_correct / interval_examples, seconds)
             interval_loss[:] = 0.0
             interval_correct[:] = 0.0
             interval_examples = 0
             interrupts.check()
             if not self.active.any():
                 return
+
+    def _record_points(self, step: int, loss: np.ndarray | None, accuracy: np.ndarray | None,
+                       seconds: float) -> None:
+        """Every active member's eval point at `step`: validation (and train_eval) scores vmapped;
+        a member whose Recorder wants a model gets the template loaded with its state (vmap_eval.py).
+        `loss`, `accuracy`: the interval's training means per member (None at step 0, as fit)."""
+        data = self.data
+        wants = [m.recorder.active and m.recorder.wants_model(step) for m in self.members]
+        val_loss, val_accuracy = self.evaluate(data.x_val, data.y_val)
+        # record.train_eval: N: the first N training examples, inference mode, every point. A member
+        # given a model gets it from bn_eval.extra_history, as alone: vmapped only for the others.
+        examples = min(self.params.get("record.train_eval") or 0, len(data.x_train))
+        needed = examples and not all(w for w, a in zip(wants, self.active) if a)
+        train_eval = self.evaluate(data.x_train, data.y_train, examples) if needed else None
+        state = _Snapshot(self.state)
+        for k, member in enumerate(self.members):
+            if not self.active[k]:
+                continue
+            point = {"epoch": self.schedule.epoch_of(step), "step": step,
+                     "loss": None if loss is None else float(loss[k]),
+                     "accuracy": None if accuracy is None else float(accuracy[k]),
+                     "val_loss": float(val_loss[k]), "val_accuracy": float(val_accuracy[k]),
+                     "seconds": round(seconds, 3)}
+            if train_eval:
+                point["train_eval_loss"] = float(train_eval[0][k])
+                point["train_eval_accuracy"] = float(train_eval[1][k])
+            checkpoint = (lambda k=k: state.member(k)) if step else None  # step 0: nothing to save, as fit
+            if not wants[k]:
+                self.active[k] = member.recorder.point(point, state=checkpoint)
+                continue
+            with as_member(self.model, self.optimizer, state.member(k)[0],
+                           member.run.params["train.weight_decay"]):
+                self.active[k] = member.recorder.point(point, model=self.model,
+                                                       optimizer=self.optimizer, state=checkpoint)
 
     def _restore(self) -> int:
         """Load each member's checkpoint into its slice of the stacked state; the step they resume
