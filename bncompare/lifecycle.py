@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Callable
 from bncompare import __version__, checkpoint
 from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
-from bncompare.engines.contract import Engine, Member, Stopwatch  # noqa: F401 - Stopwatch: for engines' users
+from bncompare.engines.contract import Engine, Member
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
                                claim_holder, make_directories, now, read_run, remove_stale_temporaries,
                                strict,

@@ -43,8 +43,7 @@ from matplotlib.ticker import NullLocator
 from bncompare.aggregate import (Condition, ExperimentResults, Results, facet_label, format_value,
                                  lower_is_better, natural)
 from bncompare.results import make_directories
-from bncompare.style import (DIVERGED, MARKERS, MIN_WIDTH, N_LABEL, PALETTE, PANEL,  # noqa: F401 - PALETTE: plots.PALETTE
-                             STYLE, X_LABELS, colour, log_y)
+from bncompare.style import DIVERGED, MARKERS, MIN_WIDTH, N_LABEL, PANEL, STYLE, X_LABELS, colour, log_y
 
 MAX_COLUMNS = 4
 PAGE_PANELS = 24  # panels per figure; more go to further pages (files ...-p2-of-3)
