@@ -172,6 +172,15 @@ def test_imports_only_go_down_the_layers():
     assert not upward, "imports up the layers:\n" + "\n".join(upward)
 
 
+def test_every_engine_meets_the_contract():
+    """Each engine has what engines/contract.py's Engine asks for (planning and training call it)."""
+    from bncompare import engines
+    from bncompare.engines.contract import Engine
+
+    for name in ("fit", "tf_pack", "vmap"):
+        assert isinstance(engines._make(name), Engine), name
+
+
 # ---- the walk -----------------------------------------------------------------------------------
 
 MAX_CLIMBS = 8

@@ -11,7 +11,7 @@ imports neither, so no engine reaches back into the lifecycle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable, Protocol, runtime_checkable
 
 from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
@@ -53,6 +53,7 @@ class Member:
     resume: Checkpoint | None = None  # the state it continues from (engines.common.restore)
 
 
+@runtime_checkable
 class Engine(Protocol):
     """A training engine (bncompare/engines/: fit, tf_pack, vmap)."""
 
