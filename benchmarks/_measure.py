@@ -59,3 +59,14 @@ def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def train_alone(run, out: Path, data, environment: dict | None = None) -> str:
+    """Train one run through the fit engine under the results root `out`, as `bncompare run` does
+    (claim, train, settle: lifecycle.execute_group); return its status."""
+    from bncompare import engines
+    from bncompare.lifecycle import Listener, execute_group
+
+    (outcome,) = execute_group(engines.get("fit"), [run], Path(out), data, environment or {},
+                               Listener(), force=False)
+    return outcome.status

@@ -104,8 +104,9 @@ def draw(out: Path) -> None:
     from matplotlib import rc_context
 
     from bncompare.aggregate import load
-    from bncompare.plots import PALETTE, STYLE, save
+    from bncompare.plots import save
     from bncompare.probe_plots import figures
+    from bncompare.style import PALETTE, STYLE
 
     results = load(out)
     colours = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(results.variants)}

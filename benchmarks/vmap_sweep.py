@@ -109,7 +109,7 @@ def vmapped(members: int, epochs: int, limit: int | None) -> float:
 def one_at_a_time(runs_wanted: int, epochs: int, limit: int | None) -> float:
     """Keras fit, one run after another (train.pack: off); return member-epochs per wall second."""
     from bncompare.data import load_dataset
-    from bncompare.lifecycle import train_and_evaluate
+    from _measure import train_alone
 
     runs = sweep_runs(16, epochs, limit)
     runs = [runs[i] for i in sorted({round(i * 16 / runs_wanted) % 16 for i in range(runs_wanted)})]
@@ -118,8 +118,7 @@ def one_at_a_time(runs_wanted: int, epochs: int, limit: int | None) -> float:
     with tempfile.TemporaryDirectory() as out:
         statuses = []
         for run in runs:
-            (Path(out) / run.run_id).mkdir()
-            statuses.append(train_and_evaluate(run, Path(out) / run.run_id, data, environment={}))
+            statuses.append(train_alone(run, Path(out), data))
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     print(f"fit  {len(runs)} runs one at a time: wall {wall:.1f} s, CPU {cpu:.1f} s, "
           f"member-epochs/s {len(runs) * epochs / wall:.2f} (wall); statuses {sorted(set(statuses))}; "

@@ -306,6 +306,14 @@ class Results:
         return sum(len(c.runs) for e in self.experiments for c in e.conditions)
 
 
+def condition_keys(results: Results) -> list[str]:
+    """The keys a row of `summary` or `compare` names its condition by: those given to --where (the
+    condition the user chose, even when it is the only one), then the facet keys of every
+    experiment, in order of first appearance."""
+    where = [key for key in results.where if key not in ("variant", "experiment")]
+    return list(dict.fromkeys(where + [key for e in results.experiments for key in e.facet_keys]))
+
+
 # ---- loading ------------------------------------------------------------------------------------
 
 

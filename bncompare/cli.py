@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
 
 from bncompare import __version__, interrupts, terminal
 from bncompare.backend import BACKENDS
-from bncompare.config import ConfigError, Run, load_runs, on_backend, varying_keys
+from bncompare.config import ConfigError, Run, load_runs, varying_keys
 
 _NO_ARGS = getattr(_click, "NoArgsIsHelpError", ())
 
@@ -165,7 +165,7 @@ def _load(configs: list[Path], overrides: list[str] | None, sweeps: list[str] | 
           only_variants: str | None = None, backend: str | None = None) -> list[Run]:
     """The runs of the configs, with ids for the Keras backend they will train on."""
     try:
-        return on_backend(load_runs(configs, overrides, sweeps, only_variants), _backend_name(backend))
+        return load_runs(configs, overrides, sweeps, only_variants, backend=_backend_name(backend))
     except ConfigError as e:
         raise fail(str(e)) from None
 
@@ -249,27 +249,22 @@ def run(
         select_backend(backend.value if backend else None)  # the JAX planner asks Keras
         print_runs(runs, training_plan(runs, _backend_name()))
         return
-    from bncompare import interrupts, runner
+    from bncompare import executors, interrupts, runner
     from bncompare.backend import DeviceError, select_backend
     from bncompare.callables import CallableError
     from bncompare.data import DataError
     from bncompare.display import LiveDisplay, PlainDisplay, RunLog
-    from bncompare.skipping import unfinished
+    from bncompare.skipping import finished_record, run_dir, unfinished
+    from bncompare.status import decide
 
     if not unfinished(runs, out, force):  # a rerun of finished work: no TensorFlow, no data
-        from bncompare.lifecycle import Outcome, finished_record
-
-        outcomes = []
-        for one in runs:
-            done = finished_record(out / one.experiment / one.run_id) or {}
-            outcomes.append(Outcome(one, "skipped", done.get("final") or {},
-                                    f"already {done.get('status', 'finished')}"))
+        outcomes = [decide(one, finished_record(run_dir(one, out)) or {}, earlier=True) for one in runs]
         PlainDisplay(stdout, out, quiet).summary(outcomes)
         raise typer.Exit(runner.exit_code(outcomes))
     try:  # everything the user must fix fails here, before anything is written
         select_backend(backend.value if backend else None)
         with interrupts.stop_at_safe_points():  # `kill` while TensorFlow loads exits 130 too
-            prepared, workers, how = _check(runs, executor, workers, device, address)
+            prepared, workers, how = executors.check(runs, executor.value, workers, device.value, address)
             interrupts.check()
     except (DataError, DeviceError, CallableError) as e:
         raise fail(str(e)) from None
@@ -285,8 +280,8 @@ def run(
     display = LiveDisplay(stdout, out) if live else PlainDisplay(stdout, out, quiet)
     try:
         with display:
-            outcomes, interrupted = _train(runs, out, RunLog(display, out), prepared, executor,
-                                           workers, device, address, force)
+            outcomes, interrupted = executors.train(runs, out, RunLog(display, out), prepared,
+                                                    executor.value, workers, device.value, address, force)
     except DeviceError as e:  # a Ray cluster without the GPUs asked for; nothing was written
         raise fail(str(e)) from None
     display.summary(outcomes)
@@ -306,48 +301,6 @@ def _jobs(text: str) -> int | None:
     return jobs
 
 
-def _check(runs: list[Run], executor: Executor, jobs: int | None, device: Device,
-           address: str | None):
-    """Fail early on what the chosen executor will need. Returns (the single-process setup or
-    None, the worker processes, a line saying how the sweep trains, or "")."""
-    from bncompare import parallel, runner
-    from bncompare.backend import DeviceError
-
-    if executor is Executor.ray:
-        from bncompare.ray_executor import check_address, import_ray
-
-        import_ray()
-        if address is None:  # a local Ray instance reads the same data as we do
-            runner.load_data(runs)
-            runner.release_data()
-        else:
-            check_address(address)
-        return None, 1, ""
-    workers, how = parallel.choose_jobs(runs, runner.load_data(runs), jobs)
-    if workers == 1:
-        return runner.prepare(runs, device.value), 1, "" if jobs == 1 else how
-    # The workers import the backend; importing it here would hold GPU memory they need. The data
-    # was loaded once to fail early; it is released: the workers load their own copies.
-    runner.release_data()
-    runner.check_own_models_apart(runs, device.value)
-    if device is Device.gpu and not parallel.visible_gpus():
-        raise DeviceError("--device gpu: no GPU is visible (nvidia-smi lists none)")
-    return None, workers, how
-
-
-def _train(runs, out, display, prepared, executor, jobs, device, address, force):
-    """Train on the chosen executor; return (outcomes, interrupted)."""
-    from bncompare import parallel, runner
-
-    if executor is Executor.ray:
-        from bncompare.ray_executor import execute_ray
-
-        return execute_ray(runs, out, display, address=address, device=device.value, force=force)
-    if jobs > 1:
-        return parallel.execute_parallel(runs, out, display, jobs=jobs, device=device.value, force=force)
-    return runner.execute(runs, out, prepared, display, force=force)
-
-
 @app.command()
 def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps = None,
              only_variants: OnlyVariants = None) -> None:
@@ -355,7 +308,7 @@ def validate(configs: ConfigPaths, overrides: Overrides = None, sweeps: Sweeps =
     invalid = 0
     for config in configs:
         try:
-            runs = on_backend(load_runs([config], overrides, sweeps, only_variants), _backend_name())
+            runs = load_runs([config], overrides, sweeps, only_variants, backend=_backend_name())
         except ConfigError as e:
             fail(str(e))
             invalid += 1

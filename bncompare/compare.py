@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from bncompare.aggregate import (BASELINE_NAMES, BadFilter, Condition, ExperimentResults, Reduction,
-                                 Results, check_metric as check_history_metric, format_value,
-                                 is_number, lower_is_better, machine_readable, series)
+                                 Results, check_metric as check_history_metric, condition_keys,
+                                 format_value, is_number, lower_is_better, machine_readable, series)
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # the level a row must reach, after Holm's adjustment, to settle its verdict
@@ -363,13 +363,6 @@ def best_setting(conditions: list[Condition], metric: str, reduction: Reduction)
         return (diverged, 0, mean if lower_is_better(metric) else -mean)
 
     return min(conditions, key=rank)  # the first of equals: the lowest value of the key
-
-
-def condition_keys(results: Results) -> list[str]:
-    """The keys a row names its condition by: those given to --where (the condition the user chose,
-    even when it is the only one), then the facet keys of every experiment."""
-    where = [key for key in results.where if key not in ("variant", "experiment")]
-    return list(dict.fromkeys(where + [key for e in results.experiments for key in e.facet_keys]))
 
 
 def _value(results: Results, condition: Condition, facets: tuple, key: str) -> Any:

@@ -804,13 +804,15 @@ def expand(experiment: Experiment) -> list[Run]:
 
 
 def load_runs(paths: list[str | Path], overrides: list[str] | None = None,
-              sweeps: list[str] | None = None, only_variants: str | None = None) -> list[Run]:
-    """Load every config, expand it, and drop exact duplicates (same experiment and run id)."""
+              sweeps: list[str] | None = None, only_variants: str | None = None,
+              backend: str = "tensorflow") -> list[Run]:
+    """Load every config, expand it, and drop exact duplicates (same experiment and run id); the
+    runs as trained on Keras's `backend` (see `on_backend`)."""
     runs: dict[tuple[str, str], Run] = {}
     for path in paths:
         for run in expand(load_experiment(path, overrides, sweeps, only_variants)):
             runs.setdefault((run.experiment, run.run_id), run)
-    return list(runs.values())
+    return on_backend(list(runs.values()), backend)
 
 
 def on_backend(runs: list[Run], backend: str) -> list[Run]:

@@ -5,12 +5,13 @@ and eval points. Everything else about a run lives here, the same for every engi
 
 - the claim on its directory and its config.yaml (`claim_run`);
 - its metrics.json, kept by a `Recorder` that the engine reports to;
-- the divergence rules: a loss that becomes NaN/inf, or an eval interval whose mean training loss
-  exceeds EXPLOSION_FACTOR times the run's starting loss;
+- the divergence rules applied as training reports (a loss that becomes NaN/inf, or an eval
+  interval whose mean training loss explodes: see bncompare/status.py);
 - how it ends: completed, diverged, failed (an exception) or interrupted (Ctrl-C/SIGTERM), and the
-  `Outcome` the display and the exit code are made from.
+  `Outcome` the display and the exit code are made from. What each status means, and every
+  Outcome, is decided by bncompare/status.py; this module says when.
 
-A single run is a group of one.
+A single run is a group of one. What an engine is given and must do: bncompare/engines/contract.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import functools
 import math
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,19 +27,16 @@ from typing import Any, Callable
 from bncompare import __version__, checkpoint
 from bncompare.checkpoint import Checkpoint
 from bncompare.config import Run
+from bncompare.engines.contract import Engine, Member
 from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, MetricsFile, UnreadableRun,
                                WritePacer, claim_holder, make_directories, now, read_run,
                                remove_stale_temporaries, strict, write_config)
 from bncompare.schedule import Schedule
+from bncompare.skipping import finished_record, run_dir as run_dir_of
+from bncompare.status import (BUSY_ELSEWHERE, CRASHED, DIVERGED, INTERRUPTED, LOST, REFUSED, UNREADABLE,
+                              Outcome, decide, ended_by, error_text, explosion_limit, is_bad,
+                              shows_divergence)
 
-# A run has diverged when its loss becomes NaN/inf, or when its mean training loss over an eval
-# interval exceeds EXPLOSION_FACTOR times its starting value: the untrained model's loss on the first
-# START_PROBE training examples, or uniform guessing's (ln classes) if that is larger. Relative to the
-# start because cross-entropy from logits is uncapped: a network with a huge initial weight scale
-# starts near a loss of 90 and can still recover.
-EXPLOSION_FACTOR = 10.0
-START_PROBE = 1000
-EVAL_BATCH_SIZE = 1000  # inference only: the batch size changes speed, not the numbers
 # An eval point is checkpointed only when the training since the run's last checkpoint took at least
 # CHECKPOINT_SPACING times as long as writing that checkpoint did, so checkpoints cost at most about
 # 1/CHECKPOINT_SPACING of the training time. Writing one costs tens of milliseconds for the shipped
@@ -74,61 +71,6 @@ class Listener:
         """Runs being trained by another process, waited for before this invocation ends."""
 
 
-@dataclass
-class Outcome:
-    """What happened to one run in this invocation."""
-
-    run: Run
-    # completed | diverged | failed | interrupted | skipped (done before) | busy (another process)
-    # | not_started (the invocation stopped before reaching it)
-    status: str
-    final: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-
-def explosion_limit(start_loss: float, classes: int) -> float:
-    """The training loss above which a run counts as diverged (see EXPLOSION_FACTOR)."""
-    chance = math.log(classes)
-    return EXPLOSION_FACTOR * (max(start_loss, chance) if math.isfinite(start_loss) else chance)
-
-
-def _bad(value: float | None) -> bool:
-    return value is None or not math.isfinite(value)
-
-
-class Stopwatch:
-    """Training seconds, and an estimate of the compilation hidden in them.
-
-    The first call of a compiled training function also traces and compiles it. `compile` is that
-    call's time minus its steps times the mean per-step time of the calls after it (0 when there
-    were none); the lifecycle takes it out of the run's times when the run ends, so `--x time`
-    compares training cost, not compile time.
-    """
-
-    def __init__(self) -> None:
-        self.first: tuple[float, int] | None = None
-        self.later_seconds, self.later_steps = 0.0, 0
-
-    def add(self, seconds: float, steps: int) -> None:
-        if self.first is None:
-            self.first = (seconds, steps)
-        else:
-            self.later_seconds += seconds
-            self.later_steps += steps
-
-    @property
-    def training(self) -> float:
-        """Seconds so far, compilation included."""
-        return (self.first[0] if self.first else 0.0) + self.later_seconds
-
-    @property
-    def compile(self) -> float:
-        if self.first is None or not self.later_steps:
-            return 0.0
-        seconds, steps = self.first
-        return max(0.0, seconds - steps * self.later_seconds / self.later_steps)
-
-
 def _fails_alone(point):
     """Recorder.point, where a member's own failure (an extra evaluation or an instrument raising
     on its model) fails that member only: it ends `failed` with the traceback, and the engine drops
@@ -141,7 +83,7 @@ def _fails_alone(point):
         except OSError:
             raise
         except Exception as e:  # noqa: BLE001 - recorded as this run's failure
-            self.finish("failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            self.finish(ended_by(e), error=error_text(e))
             return False
 
     return guarded
@@ -203,7 +145,7 @@ class Recorder:
         """After a compiled call: the mean training loss and accuracy since the last eval point."""
         if not self.active:
             return False
-        if _bad(loss):  # stop at the first NaN/inf instead of training on garbage
+        if is_bad(loss):  # stop at the first NaN/inf instead of training on garbage
             self.diverged(step)
         else:
             self.listener.step(step, float(loss), float(accuracy), slot=self.slot)
@@ -231,12 +173,12 @@ class Recorder:
         point = {key: float(value) if hasattr(value, "dtype") else value for key, value in point.items()}
         if self.seconds_before and point.get("seconds") is not None:
             point["seconds"] = round(point["seconds"] + self.seconds_before, 3)
-        if model is not None and self.extra_evaluations and not _bad(point.get("val_loss")):
+        if model is not None and self.extra_evaluations and not is_bad(point.get("val_loss")):
             from bncompare.bn_eval import extra_history  # record.bn_eval, train_eval, bn_variance
 
             point.update(extra_history(model, self.data, self.run.params,
                                        moving=(point["val_loss"], point["val_accuracy"])))
-        if _bad(point.get("val_loss")) or (point.get("loss") is not None and point["loss"] > self.limit):
+        if shows_divergence(point, self.limit):
             self.diverged(point["step"])
             return False
         self._warn_lag(point["step"])
@@ -315,7 +257,7 @@ class Recorder:
         return {"test_loss": loss, "test_accuracy": accuracy}
 
     def diverged(self, step: int) -> None:
-        self.finish("diverged", diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})
+        self.finish(DIVERGED, diverged_at={"epoch": self.schedule.epoch_of(step), "step": step})
 
     def finish(self, status: str, *, diverged_at: dict | None = None, error: str | None = None,
                final: dict[str, Any] | None = None) -> None:
@@ -326,22 +268,11 @@ class Recorder:
         steps = self.metrics.data["history"].get("step") or [0]
         self.instruments.end_session(status, self.metrics.data.get("final") or {}, steps[-1])
         # An interrupted run resumes from its checkpoint; no other end ever reads it again.
-        if status != "interrupted" and not self.keep_checkpoint:
+        if status != INTERRUPTED and not self.keep_checkpoint:
             checkpoint.remove(self.run_dir)
 
 
-@dataclass
-class Member:
-    """One run of a group, as an engine sees it."""
-
-    run: Run
-    schedule: Schedule
-    recorder: Recorder
-    slot: int
-    resume: Checkpoint | None = None  # the state it continues from (engines.common.restore)
-
-
-def train_group(engine, runs: list[Run], run_dirs: list[Path], data, *, environment: dict[str, Any],
+def train_group(engine: Engine, runs: list[Run], run_dirs: list[Path], data, *, environment: dict[str, Any],
                 listener: Listener | None = None, first_slot: int = 0) -> list[Recorder]:
     """Train `runs` together with `engine`; every run ends with a status in its metrics.json.
 
@@ -396,16 +327,16 @@ def _train_group(engine, runs, run_dirs, data, environment, listener, first_slot
             seconds = engine.train(part, data) or 0.0
             compile_seconds.update({id(member.recorder): seconds for member in part})
         tested = [recorder.test_scores() for recorder in recorders]  # taken at each final point
-    except KeyboardInterrupt:
-        _finish_rest(recorders, "interrupted", "interrupted by the user (SIGINT/SIGTERM)")
+    except KeyboardInterrupt as e:
+        _finish_rest(recorders, ended_by(e), error_text(e))
         raise
     except Exception as e:  # noqa: BLE001 - one broken group must not stop the sweep
-        refused = _finish_rest(recorders, "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        refused = _finish_rest(recorders, ended_by(e), error_text(e))
         if refused:  # not even the failure could be written: the caller says which file and why
             raise refused from e
         return recorders
     for recorder, scores in zip(recorders, tested):
-        recorder.finish("completed", final=scores)
+        recorder.finish(ended_by(None), final=scores)
         seconds = compile_seconds.get(id(recorder))
         if seconds and recorder.status in FINISHED:
             recorder.metrics.exclude_compile(seconds, first=recorder.first_point)
@@ -425,7 +356,7 @@ def resume_point(run_dir: Path, identity: dict[str, Any]) -> tuple[Checkpoint | 
     # "running" under our own claim: the process that wrote it died (SIGKILL, power loss).
     if status in FINISHED:  # retrained by --force: its kept checkpoint is the old run's end
         found, why_not = None, None
-    elif found is not None and status not in ("interrupted", "running"):
+    elif found is not None and status not in (INTERRUPTED, "running"):
         found, why_not = None, f"its checkpoint belongs to a run that ended {status or 'unrecorded'}"
     if found is None:
         checkpoint.remove(run_dir)
@@ -458,41 +389,28 @@ def _finish_rest(recorders: list[Recorder], status: str, error: str) -> OSError 
 # ---- claims, outcomes ---------------------------------------------------------------------------
 
 
-def finished_record(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a completed or diverged run in `run_dir`, else None."""
-    try:
-        record = read_run(run_dir)
-    except UnreadableRun:
-        return None
-    return record.metrics if record.status in FINISHED else None
-
-
-def _done(run: Run, metrics: dict[str, Any]) -> Outcome:
-    return Outcome(run, "skipped", metrics.get("final") or {}, f"already {metrics['status']}")
-
-
 def claim_run(run: Run, out: Path, force: bool) -> tuple[Path, Claim | None, Outcome | None]:
     """Skip a finished run, else claim it and write its config.yaml.
 
     Returns (run_dir, claim, None) when this process is to train the run, else
     (run_dir, None, outcome) saying why not (done before, busy elsewhere, disk refused).
     """
-    run_dir = out / run.experiment / run.run_id
+    run_dir = run_dir_of(run, out)
     done = None if force else finished_record(run_dir)
     if done:
-        return run_dir, None, _done(run, done)
+        return run_dir, None, decide(run, done, earlier=True)
     try:
         make_directories(run_dir, out)
         claim = Claim.acquire(run_dir)
     except OSError as e:
         return run_dir, None, cannot_write(run, run_dir, e)
     if claim is None:
-        return run_dir, None, Outcome(run, "busy", note=f"being trained by {claim_holder(run_dir)}")
+        return run_dir, None, decide(run, why=BUSY_ELSEWHERE, detail=claim_holder(run_dir))
     # Another process may have finished it between our first look and our claim.
     done = None if force else finished_record(run_dir)
     if done:
         claim.release()
-        return run_dir, None, _done(run, done)
+        return run_dir, None, decide(run, done, earlier=True)
     try:
         remove_stale_temporaries(run_dir)  # left by a process killed inside an atomic write
         write_config(run_dir / CONFIG_FILE, run.to_config(),
@@ -509,7 +427,7 @@ def discard_partial(runs: list[Run], out: Path) -> int:
     so that they train from step 0; return how many were deleted."""
     discarded = 0
     for run in runs:
-        run_dir = out / run.experiment / run.run_id
+        run_dir = run_dir_of(run, out)
         if not os.path.lexists(run_dir / checkpoint.CHECKPOINT_FILE) or finished_record(run_dir):
             continue  # a finished run's kept checkpoint is never resumed from: it stays
         try:
@@ -527,7 +445,7 @@ def discard_partial(runs: list[Run], out: Path) -> int:
 
 
 def cannot_write(run: Run, run_dir: Path, error: OSError) -> Outcome:
-    return Outcome(run, "failed", note=f"cannot write {error.filename or run_dir}: {error.strerror or error}")
+    return decide(run, why=REFUSED, detail=f"{error.filename or run_dir}: {error.strerror or error}")
 
 
 def outcome_of(run: Run, run_dir: Path, status: str | None) -> Outcome:
@@ -535,13 +453,8 @@ def outcome_of(run: Run, run_dir: Path, status: str | None) -> Outcome:
     try:
         metrics = read_run(run_dir).metrics
     except UnreadableRun as e:
-        return Outcome(run, "failed", note=f"metrics.json: {e}")
-    status = status or metrics["status"]
-    if status == "running":  # its final write failed; the claim is released, so it reads as dead
-        status = "interrupted"
-    error = metrics.get("error")
-    note = error.splitlines()[0] if status == "failed" and isinstance(error, str) and error else ""
-    return Outcome(run, status, metrics.get("final") or {}, note)
+        return decide(run, why=UNREADABLE, detail=str(e))
+    return decide(run, metrics, ended=status)
 
 
 @dataclass
@@ -607,17 +520,16 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
     try:
         if isinstance(failure, KeyboardInterrupt):
             for _, run, run_dir, _ in claimed:  # a run that never got a record of its own
-                record_failure(run, run_dir, failure, status="interrupted", only_missing=True)
+                record_failure(run, run_dir, failure, only_missing=True)
         elif isinstance(failure, OSError):  # the disk refused (read-only, full)
             for i, run, run_dir, _ in claimed:
                 done = finished_record(run_dir)  # members that finished before the disk said no
-                outcomes[i] = (Outcome(run, done["status"], done.get("final") or {}) if done
-                               else cannot_write(run, run_dir, failure))
+                outcomes[i] = decide(run, done) if done else cannot_write(run, run_dir, failure)
         elif isinstance(failure, Exception):  # a bug outside training's own guard
             for i, run, run_dir, _ in claimed:
                 if finished_record(run_dir) is None:
                     record_failure(run, run_dir, failure)
-                    outcomes[i] = Outcome(run, "failed", note=f"{type(failure).__name__}: {failure}")
+                    outcomes[i] = decide(run, why=CRASHED, error=failure)
     finally:
         for _, _, _, claim in claimed:
             claim.release()
@@ -627,8 +539,8 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
         if i not in outcomes:  # from its metrics.json: a diverged run stays diverged after Ctrl-C
             outcomes[i] = outcome_of(run, run_dir, statuses.get(i))
     for i, run in enumerate(runs):
-        outcomes.setdefault(i, Outcome(run, "interrupted" if interrupted else "failed",
-                                       note="interrupted" if interrupted else "not trained"))
+        outcomes.setdefault(i, decide(run, why=LOST, stopped=interrupted,
+                                      detail="interrupted" if interrupted else "not trained"))
     slots = {i: first_slot + n for n, (i, *_) in enumerate(claimed)}
     result = [outcomes[i] for i in range(len(runs))]
     for i, outcome in enumerate(result):
@@ -639,10 +551,10 @@ def settle_group(group: ClaimedGroup, statuses: dict[int, str | None], failure: 
     return result
 
 
-def record_failure(run: Run, run_dir: Path, error: BaseException, status: str = "failed",
-                    only_missing: bool = False) -> None:
-    """Mark a run that broke outside training's own error handling as failed (or `status`), on
-    disk; with `only_missing`, only a run that has no metrics.json yet."""
+def record_failure(run: Run, run_dir: Path, error: BaseException, only_missing: bool = False) -> None:
+    """Mark a run that broke outside training's own error handling as failed (interrupted for
+    Ctrl-C/SIGTERM: status.ended_by), on disk; with `only_missing`, only a run that has no
+    metrics.json yet."""
     from bncompare.results import write_json
 
     try:
@@ -652,10 +564,8 @@ def record_failure(run: Run, run_dir: Path, error: BaseException, status: str = 
     except UnreadableRun:  # it broke before its metrics.json existed
         metrics = {"schema": 1, "experiment": run.experiment, "run_id": run.run_id,
                    "variant": run.variant, "params": run.params, "history": {}, "final": {}}
-    if metrics.get("status") in (None, "running", "interrupted"):
-        error_text = ("interrupted by the user (SIGINT/SIGTERM)" if status == "interrupted" else
-                      f"{type(error).__name__}: {error}\n{''.join(traceback.format_exception(error))}")
-        metrics.update(status=status, finished_at=now(), error=error_text)
+    if metrics.get("status") in (None, "running", INTERRUPTED):
+        metrics.update(status=ended_by(error), finished_at=now(), error=error_text(error))
         try:
             write_json(run_dir / METRICS_FILE, metrics)
         except OSError:
@@ -668,16 +578,3 @@ class InterruptedGroup(KeyboardInterrupt):
     def __init__(self, outcomes: list[Outcome]):
         super().__init__("interrupted")
         self.outcomes = outcomes
-
-
-def train_and_evaluate(run: Run, run_dir: Path, data, *, environment: dict[str, Any],
-                       listener: Listener | None = None, engine: str = "fit") -> str:
-    """Train one run into `run_dir` (no claim: the caller owns the directory); return its status.
-
-    KeyboardInterrupt is recorded as `interrupted` and re-raised.
-    """
-    from bncompare import engines
-
-    (recorder,) = train_group(engines.get(engine), [run], [Path(run_dir)], data,
-                              environment=environment, listener=listener)
-    return recorder.status

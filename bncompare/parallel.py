@@ -29,7 +29,8 @@ from typing import Any
 
 from bncompare.config import Run
 from bncompare import interrupts
-from bncompare.lifecycle import Listener, Outcome
+from bncompare.lifecycle import Listener
+from bncompare.status import LOST, UNREACHED, Outcome, decide
 
 STEP_EVENTS_PER_SECOND = 5
 SHUTDOWN_SECONDS = 60  # after Ctrl-C, how long workers get to save their runs as interrupted
@@ -300,8 +301,8 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
         running.discard(worker)
         for member, run in enumerate(taken.pop(worker, [])):
             if key(run) not in outcomes:  # its metrics.json says running; readers see interrupted
-                outcomes[key(run)] = Outcome(run, "interrupted" if interrupted else "failed",
-                                             note=f"worker {worker} {why}")
+                outcomes[key(run)] = decide(run, why=LOST, stopped=interrupted,
+                                            detail=f"worker {worker} {why}")
                 display.run_finished(outcomes[key(run)], slot=(worker, member))
 
     def receive(timeout: float) -> None:
@@ -344,9 +345,7 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
     result = []
     for run in runs:
         if key(run) not in outcomes:
-            outcomes[key(run)] = (Outcome(run, "not_started", note="the sweep stopped before this run")
-                                  if interrupted else
-                                  Outcome(run, "failed", note="no worker was left to train it"))
+            outcomes[key(run)] = decide(run, why=UNREACHED, stopped=interrupted)
             display.run_finished(outcomes[key(run)])
         result.append(outcomes[key(run)])
     return result, interrupted

@@ -28,7 +28,6 @@ import os
 import re
 import tempfile
 import textwrap
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,39 +38,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import NullLocator
 
 from bncompare.aggregate import (Condition, ExperimentResults, Results, facet_label, format_value,
                                  lower_is_better, natural)
 from bncompare.results import make_directories
+from bncompare.style import DIVERGED, MARKERS, MIN_WIDTH, N_LABEL, PANEL, STYLE, X_LABELS, colour, log_y
 
-# Okabe-Ito colours (readable with colour-vision deficiencies), without yellow (invisible on white)
-# and vermillion (too close to the red people read as "error").
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000"]
-# Fixed colours for the names configs use, so BN is blue and no BN orange in every figure...
-NAMED_COLOURS = {"bn": PALETTE[0], "batch": PALETTE[0], "batch_norm": PALETTE[0],
-                 "no_bn": PALETTE[1], "none": PALETTE[1], "baseline": PALETTE[1],
-                 "dropout": PALETTE[2], "layer": PALETTE[2], "layer_norm": PALETTE[2],
-                 "bn_dropout": PALETTE[3], "group": PALETTE[3], "group_norm": PALETTE[3],
-                 "rms": "#999933", "rms_norm": "#999933", "renorm": PALETTE[5],
-                 "ghost": "#882255", "noisy_bn": "#44AA99", "bn_noise": "#44AA99",
-                 "res_no_bn": "#CC6677", "res_bn": "#332288", "res_skipinit": "#117733"}
-# ...and other names a colour from their name's hash, among colours no fixed name uses (two hashed
-# names may share one; the legend and the line labels still tell them apart).
-HASHED_PALETTE = ["#88CCEE", "#DDCC77", "#AA4499", "#661100", "#6699CC", "#888888", "#CC6677",
-                  "#332288", "#117733"]
-STYLE = {
-    "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 8,
-    "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.titlesize": 9.5,
-    "figure.labelsize": 8.5, "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.dpi": 200,
-    "pdf.fonttype": 42,  # TrueType in PDFs: text stays editable in a paper's figure
-    # Names and values read from results are text: a "$" in a variant name must not start TeX math
-    # (a malformed formula would fail the whole figure).
-    "text.parse_math": False,
-}
-PANEL = (2.6, 2.0)  # inches per small multiple
-MIN_WIDTH = 4.8  # inches: room for a title and a legend even with one panel
 MAX_COLUMNS = 4
 PAGE_PANELS = 24  # panels per figure; more go to further pages (files ...-p2-of-3)
 MAX_PANELS = 96  # panels over all pages; past it, a note says how to choose with --where
@@ -79,8 +52,6 @@ MAX_FIGURES_PER_KIND = 24  # per-condition figures (activations, gradients) of o
 TITLE_CHARS = 38  # characters of a panel title per line at PANEL width
 MAX_TITLE_LINES = 6  # past this, titles end with "... (N more lines)"
 STRIP = 0.16  # axes fraction under the data for runs that diverged before their first eval
-DIVERGED = {"marker": "x", "markersize": 6, "markeredgewidth": 1.6, "linestyle": "none"}
-N_LABEL = {"fontsize": 6.5, "ha": "left", "va": "bottom"}
 MAX_NAME = 120  # characters of a figure's file name
 
 METRIC_LABELS = {"val_accuracy": "validation accuracy (fraction)",
@@ -92,9 +63,6 @@ METRIC_LABELS = {"val_accuracy": "validation accuracy (fraction)",
 # BatchNorm evaluation modes: the history suffix, legend words, line style.
 MODES = (("", "BN moving averages", "-"), ("_precise", "PreciseBN statistics", "--"),
          ("_batch", "batch statistics", ":"))
-# And a marker per line style: a curve of one eval point is a marker without a line to style.
-MARKERS = {"-": "o", "--": "s", ":": "^"}
-X_LABELS = {"epoch": "epoch", "step": "optimizer step", "time": "training time (s, evaluation excluded)"}
 # Sweep axes with units; other keys are labelled by their name.
 KEY_LABELS = {"train.learning_rate": "learning rate", "train.weight_decay": "weight decay",
               "train.batch_size": "batch size (examples)", "train.momentum": "momentum",
@@ -113,13 +81,6 @@ class PlotWriteError(OSError):
     def __init__(self, folder: Path, error: OSError):
         super().__init__(error.errno, error.strerror or str(error), str(folder))
         self.folder, self.reason = folder, error.strerror or str(error)
-
-
-def colour(variant: str) -> str:
-    """A variant's colour, from its name alone: the same in every figure and every directory."""
-    if variant in NAMED_COLOURS:
-        return NAMED_COLOURS[variant]
-    return HASHED_PALETTE[zlib.crc32(variant.encode("utf-8")) % len(HASHED_PALETTE)]
 
 
 def metric_label(metric: str) -> str:
@@ -412,7 +373,7 @@ def gradients_figure(experiment: ExperimentResults, facets: tuple, conditions: l
             curve = condition.curve(("gradients", path, "norm"), x)
             if curve is not None and np.any(curve.mean > 0):
                 _band(ax, curve.x, curve.mean, curve.std, colour(condition.variant), floor=True, n=curve.n)
-        _log_y(ax)
+        log_y(ax)
         ax.set_title(path)
     _share(axes, sharey=False)
     figure.supylabel("gradient L2 norm (log scale)")
@@ -593,16 +554,6 @@ def _modes(experiment: ExperimentResults, metric: str) -> list[tuple[str, str, s
         return [MODES[0]]  # --metric val_accuracy_precise: that series alone, solid
     recorded = {key for c in experiment.conditions for r in c.runs for key in r.metrics["history"]}
     return [mode for mode in MODES if metric + mode[0] in recorded]
-
-
-def _log_y(ax: Axes) -> None:
-    """Log y axis labelled 0.2, 0.5, 1, 2 over a few decades (not 2x10^-1), decades beyond."""
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    if low > 0 and math.log10(high / low) <= 3:
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def _sweep_axis(ax: Axes, key: str, values: list[Any]) -> None:

@@ -8,7 +8,7 @@
   layer (their Figure 3's quantities). The first weight layer is left out: nothing precedes it, so
   its ICS is 0 (cosine 1) by definition.
 
-Same conventions as bncompare/plots.py (which calls `figures`): matplotlib's object-oriented API
+Same conventions as bncompare/plots.py (which calls `figures`) and its styling (bncompare/style.py): matplotlib's object-oriented API
 only (no pyplot state), the caller's colour per variant, drawn inside the caller's rc_context.
 """
 
@@ -23,8 +23,8 @@ from matplotlib.lines import Line2D
 
 from bncompare.aggregate import (X_SERIES, Condition, Curve, ExperimentResults, facet_label, mean_curve,
                                  natural, series)
+from bncompare.style import MIN_WIDTH, PALETTE, PANEL, X_LABELS, log_y
 
-from bncompare.plots import PANEL, X_LABELS, _log_y  # noqa: E402 - plots imports this module lazily
 LANDSCAPE_PANELS = (
     ("loss_min", "loss_max", "loss band: L(W − η g) over the η grid", "training loss (nats)", False),
     ("grad_diff_min", "grad_diff_max", "gradient predictiveness", "‖∇L(W) − ∇L(W − η g)‖", True),
@@ -71,7 +71,7 @@ def landscape_figure(experiment: ExperimentResults, x: str = "step",
                     ax.fill_between(low.x, low.mean - low.std, low.mean + low.std, color=colour,
                                     alpha=0.2, linewidth=0)
             if log:
-                _log_y(ax)
+                log_y(ax)
             ax.set_title("\n".join(filter(None, [title, facet_label(facets)])))
             ax.set_ylabel(ylabel)
         for col in range(len(LANDSCAPE_PANELS)):
@@ -113,7 +113,7 @@ def ics_figure(experiment: ExperimentResults, x: str = "step",
                     ax.fill_between(curve.x, low, curve.mean + curve.std, color=colour, alpha=0.2,
                                     linewidth=0)
                 if log:
-                    _log_y(ax)
+                    log_y(ax)
                 if offset == 0:
                     ax.set_title("\n".join(filter(None, [layer, facet_label(facets)])))
                 if col == 0:
@@ -172,7 +172,7 @@ def _first_layer(groups: list, layer: str) -> bool:
 
 
 def _figure(columns: int, rows: int) -> Figure:
-    return Figure(figsize=(max(4.8, PANEL[0] * columns), PANEL[1] * rows + 0.9), layout="constrained")
+    return Figure(figsize=(max(MIN_WIDTH, PANEL[0] * columns), PANEL[1] * rows + 0.9), layout="constrained")
 
 
 
@@ -195,7 +195,4 @@ def _seeds(groups: list) -> str:
 
 
 def _default_colours(experiment: ExperimentResults) -> dict[str, str]:
-    # Imported here: plots.py imports this module, so a top-level import would be circular.
-    from bncompare.plots import PALETTE
-
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(experiment.variants)}

@@ -30,9 +30,10 @@ from typing import Any, Iterator
 from bncompare import interrupts
 from bncompare.backend import DeviceError
 from bncompare.config import Run
-from bncompare.lifecycle import InterruptedGroup, Outcome, claim_group, settle_group
+from bncompare.lifecycle import InterruptedGroup, claim_group, settle_group
 from bncompare.parallel import SHUTDOWN_SECONDS, Forward, backend_name, relay
 from bncompare.results import METRICS_FILE, write_bytes_atomic, write_json
+from bncompare.status import Outcome
 
 # Variables a task needs to behave like a local run; the data directory is forwarded as a path,
 # which must exist on the nodes (or leave it unset and let each node download into its cache).
@@ -121,7 +122,8 @@ def _train_task(engine: str, runs: list[Run], device: str, channel, number: int)
     write, and whether training was interrupted."""
     from bncompare import engines, runner
     from bncompare.engines.common import data_key
-    from bncompare.lifecycle import finished_record, record_failure, train_group
+    from bncompare.lifecycle import record_failure, train_group
+    from bncompare.skipping import finished_record
 
     listener = Forward(lambda event: channel.put.remote(event), number)
     interrupted = False

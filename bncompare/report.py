@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 
 from bncompare import __version__, compare, summary
-from bncompare.aggregate import ExperimentResults, Reduction, Results, facet_label, format_value
+from bncompare.aggregate import (ExperimentResults, Reduction, Results, condition_keys, facet_label,
+                                 format_value)
 from bncompare.config import ConfigError, load_runs
 from bncompare.results import now, write_atomic
 
@@ -191,7 +192,7 @@ def _comparison(one: Results, experiment: ExperimentResults, records: list[dict[
                f"no condition has {compare.default_baseline(experiment.variants)} and another variant")
         return (f"<h3>Paired comparison</h3><p>Nothing to compare: {escape(why)} "
                 f"({escape(', '.join(experiment.variants))}).</p>")
-    keys = compare.condition_keys(one)
+    keys = condition_keys(one)
     words = "".join(f"<li>{_in_words(record, keys)}</li>" for record in records)
     extra = list(dict.fromkeys(k for r in records for k in r if k not in SHOWN and k not in keys))
     header = keys + ["comparison", "difference [95% CI]", "p (paired t-test)", "seeds better",
@@ -273,7 +274,7 @@ def _figures(one: Results, experiment: ExperimentResults, records: list[dict[str
     from bncompare import plots
 
     forest, figures = [], []
-    keys = compare.condition_keys(one)
+    keys = condition_keys(one)
     with rc_context(plots.STYLE):
         if len(records) > plots.MAX_PANELS:
             notes.append(f"the forest plot shows the first {plots.MAX_PANELS} of {len(records)} "

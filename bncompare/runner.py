@@ -19,7 +19,9 @@ from typing import Any, Callable
 from bncompare import __version__, interrupts
 from bncompare.config import Run
 from bncompare.engines.common import data_key
-from bncompare.lifecycle import InterruptedGroup, Listener, Outcome, execute_group
+from bncompare.lifecycle import InterruptedGroup, Listener, execute_group
+from bncompare.skipping import run_dir
+from bncompare.status import UNREACHED, Outcome, decide
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -145,7 +147,8 @@ def _git_commit() -> str | None:
 
 
 def not_started(runs: list[Run]) -> list[Outcome]:
-    return [Outcome(run, "not_started", note="the sweep stopped before this run") for run in runs]
+    """The outcomes of runs the sweep never reached: here, only an interrupt leaves any."""
+    return [decide(run, why=UNREACHED, stopped=True) for run in runs]
 
 
 def execute(runs: list[Run], out: Path, prepared: Prepared, display: Listener, *,
@@ -212,7 +215,7 @@ def wait_for_others(runs: list[Run], out: Path, display: Listener, poll: float =
     from bncompare.results import is_claimed
 
     display.waiting(runs)
-    while any(is_claimed(out / run.experiment / run.run_id) for run in runs):
+    while any(is_claimed(run_dir(run, out)) for run in runs):
         if interrupts.requested():
             return False
         time.sleep(poll)

@@ -13,17 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bncompare.aggregate import (Reduction, Results, Stats, format_value, lower_is_better,
-                                 machine_readable)
+from bncompare.aggregate import (Reduction, Results, Stats, condition_keys, format_value,
+                                 lower_is_better, machine_readable)
 
 STATUS_ORDER = ("completed", "diverged", "running")
 SHORT = {"val_accuracy": "val acc", "accuracy": "train acc", "val_loss": "val loss", "loss": "train loss"}
-
-
-def condition_keys(results: Results) -> list[str]:
-    """Keys given to --where, then the facet keys of every experiment, in order of first appearance."""
-    where = [key for key in results.where if key not in ("variant", "experiment")]
-    return list(dict.fromkeys(where + [key for e in results.experiments for key in e.facet_keys]))
 
 
 def rows(results: Results, metric: str = "val_accuracy",

@@ -14,7 +14,7 @@ from bncompare.config import load_runs
 from bncompare.data import Dataset, load_dataset
 from bncompare.instruments import Instruments, gradient_norms
 from bncompare.models import build_model
-from bncompare.lifecycle import train_and_evaluate
+from train_one import train_one
 
 ENVIRONMENT = {"backend": "test"}
 RECORD_ALL = ["record.activations=true", "record.gradients=true", "record.tensorboard=true"]
@@ -33,10 +33,9 @@ def train(tmp_path: Path, config: str, overrides: list[str], name: str) -> dict:
     path = tmp_path / "config.yaml"
     path.write_text(config)
     (run,) = load_runs([path], overrides)
-    run_dir = tmp_path / name
-    run_dir.mkdir()
     data = load_dataset(run["data.dataset"], run["data.validation"], run["data.train_limit"])
-    assert train_and_evaluate(run, run_dir, data, environment=ENVIRONMENT) == "completed"
+    status, run_dir = train_one(run, tmp_path / name, data, environment=ENVIRONMENT)
+    assert status == "completed"
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -44,7 +43,8 @@ def train(tmp_path: Path, config: str, overrides: list[str], name: str) -> dict:
 def recorded(tmp_path_factory) -> tuple[dict, Path]:
     """One tiny BN run (dropout too) with every instrument on, and its run directory."""
     tmp_path = tmp_path_factory.mktemp("recorded")
-    return train(tmp_path, TINY_BN, RECORD_ALL, "run"), tmp_path / "run"
+    metrics = train(tmp_path, TINY_BN, RECORD_ALL, "run")
+    return metrics, tmp_path / "run" / metrics["experiment"] / metrics["run_id"]
 
 
 def test_activations_are_per_layer_percentiles_aligned_with_history(recorded):

@@ -11,8 +11,8 @@ import yaml
 
 from bncompare.config import load_runs
 from bncompare.data import load_dataset
-from bncompare.lifecycle import train_and_evaluate
 from bncompare.schedule import Schedule
+from train_one import train_one
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT = {"backend": "test"}
@@ -69,10 +69,10 @@ def origin_on_synthetic(tmp_path, variant="bn", extra=()):
     return next(r for r in load_runs([ROOT / "configs" / "mnist.yaml"], overrides) if r.variant == variant)
 
 
-def train(run, run_dir: Path) -> tuple[str, dict]:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train(run, out: Path) -> tuple[str, dict]:
+    """Train `run` under the results root `out`; its status and metrics.json."""
     data = load_dataset(run["data.dataset"], run["data.validation"], run["data.train_limit"])
-    status = train_and_evaluate(run, run_dir, data, environment=ENVIRONMENT)
+    status, run_dir = train_one(run, out, data, environment=ENVIRONMENT)
     text = (run_dir / "metrics.json").read_text()
     return status, json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
 
@@ -162,10 +162,8 @@ def test_a_signal_mid_fit_is_saved_as_interrupted_not_failed(tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
 
     run = origin_on_synthetic(tmp_path, "bn", ["train.steps_per_execution=1", "train.pack=off"])
-    run_dir = tmp_path / "r"
-    run_dir.mkdir()
     data = load_dataset("synthetic", "test", 256)
     with interrupts.stop_at_safe_points(), pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(run, run_dir, data, environment=ENVIRONMENT, listener=SignalAtStep())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+        train_one(run, tmp_path, data, environment=ENVIRONMENT, listener=SignalAtStep())
+    metrics = json.loads((tmp_path / run.experiment / run.run_id / "metrics.json").read_text())
     assert metrics["status"] == "interrupted", metrics["error"]

@@ -10,7 +10,7 @@ import numpy as np
 from bncompare.backend import import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
+from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE
 from bncompare.schedule import Schedule
 
 # `train.steps_per_execution: auto`. One compiled call per step costs ~2 ms of Python and dispatch

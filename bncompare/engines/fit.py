@@ -19,7 +19,7 @@ from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.engines.common import (evaluate_point, jit_compile, make_optimizer, restore,
                                       start_loss, steps_per_execution, training_state)
-from bncompare.lifecycle import Member, Stopwatch
+from bncompare.engines.contract import Member, Stopwatch
 from bncompare.models import build_model, loss_function
 
 _DEVICE_ARRAYS: dict[int, tuple] = {}

@@ -29,8 +29,8 @@ from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.engines.common import (data_key, make_optimizer, restore, steps_per_execution,
                                       training_state)
+from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE, Member, Stopwatch
 from bncompare.engines.fit import device_arrays
-from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE, Member, Stopwatch
 from bncompare.models import build_model, loss_function, per_example_loss
 
 # Members per group. Memory grows with it (every member's activations for one batch) and so does

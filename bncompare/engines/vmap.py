@@ -53,8 +53,8 @@ from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
+from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE
 from bncompare.engines.vmap_eval import as_member
-from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
 
 NAME = "vmap"
 # Target duration of one compiled training call (see the module docstring).
