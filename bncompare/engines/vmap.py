@@ -83,6 +83,8 @@ RECORDING = {"record.activations": "records activations (per-layer hooks)",
 # one that rounds differently, and a tiny no-BN CNN (filters 4-8, lr 0.01, 16 steps) ended 1e-4
 # (training loss) to 8e-4 (validation loss) away from fit, above the 1e-4 promised.
 VERIFIED_KINDS = ("mlp",)
+# Model kinds whose members run one after another (lax.map) inside the program: see _over_members.
+SEQUENTIAL_KINDS = ("cnn", "rescnn")
 VERIFIED_NORMS = (None, "none", "batch")
 
 
@@ -262,6 +264,8 @@ class _Group:
         self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        self.sequential = params["model.kind"] in SEQUENTIAL_KINDS
+        self.scaled = hasattr(optimizer, "scale_loss")  # a LossScaleOptimizer (mixed_float16)
         self.structure, self._programs = structure, programs
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
         self._loss = loss_function(keras)
@@ -277,16 +281,27 @@ class _Group:
 
         def loss_of(trainable):
             logits, updated = self.model.stateless_call(trainable, non_trainable, x, training=True)
-            return self._loss(y, logits), (logits, updated)
+            loss = self._loss(y, logits)
+            scaled = loss
+            if self.scaled:  # mixed_float16: the gradient of loss x the member's dynamic scale,
+                # read from its own optimizer variables, as Keras's JAX trainer does in fit
+                mapping = list(zip(self.optimizer.variables, slots))
+                with self.keras.StatelessScope(state_mapping=mapping):
+                    scaled = self.optimizer.scale_loss(loss)
+            return scaled, (loss, logits, updated)
 
-        (loss, (logits, non_trainable)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-        saved = self.optimizer.weight_decay
+        (_, (loss, logits, non_trainable)), grads = jax.value_and_grad(
+            loss_of, has_aux=True)(trainable)
+        # LossScaleOptimizer unscales the gradients (and skips a step whose gradients overflowed,
+        # with ops.cond: a select under vmap) and then steps its inner optimizer, whose decay it is.
+        decayed = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        saved = decayed.weight_decay
         if saved is not None:  # the member's decay, read by Keras as a number (None: off for all)
-            self.optimizer.weight_decay = decay
+            decayed.weight_decay = decay
         try:
             trainable, slots = self.optimizer.stateless_apply(slots, grads, trainable)
         finally:
-            self.optimizer.weight_decay = saved
+            decayed.weight_decay = saved
         correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
         return (trainable, non_trainable, slots), loss, correct
 
@@ -310,7 +325,7 @@ class _Group:
             new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
             return new, loss_sum, correct, first_bad
 
-        vmapped = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None, None))
+        vmapped = self._over_members(member, (0, 0, 0, 0, None, None, None, None))
         donate = (0,) if self.device.platform != "cpu" else ()  # CPU buffers cannot be donated
         return jax.jit(vmapped, donate_argnums=donate)
 
@@ -325,7 +340,31 @@ class _Group:
             losses = per_example_loss(self.keras, y, logits)
             return jnp.sum(losses), jnp.sum(jnp.argmax(logits, axis=-1) == y)
 
-        return jax.jit(jax.vmap(member, in_axes=(0, None, None)))
+        return jax.jit(self._over_members(member, (0, None, None)))
+
+    def _over_members(self, function, in_axes: tuple):
+        """`function` of one member, applied to every member: `jax.vmap`, or for models with
+        convolutions `lax.map` (one member after another inside the same compiled program).
+
+        A vmapped convolution lowers to one grouped convolution (feature_group_count = members),
+        which XLA computes with another kernel than a solo run's convolution and rounds
+        differently: a 2x32-filter CNN with BN ended 1e-4 (relative) from its solo run after 32
+        steps. Under `lax.map` each member's convolutions are the solo run's (docs/vmap.md)."""
+        import jax
+        from jax import lax
+
+        if not self.sequential:
+            return jax.vmap(function, in_axes=in_axes)
+
+        def mapped(*args):
+            def one(per_member):
+                values = iter(per_member)
+                return function(*[next(values) if axis == 0 else arg
+                                  for arg, axis in zip(args, in_axes)])
+
+            return lax.map(one, tuple(arg for arg, axis in zip(args, in_axes) if axis == 0))
+
+        return mapped
 
     def _program(self, key, make, *args):
         """The compiled program for these argument shapes (a future): traced here, compiled on a
