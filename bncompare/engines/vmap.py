@@ -71,7 +71,27 @@ MEMORY_SHARE = 0.5
 # `group_key` drops them where they are ignored.
 PER_MEMBER = ("train.learning_rate", "train.weight_decay", "train.seed", "model.init")
 SPEED_ONLY = ("train.jit_compile", "train.pack", "record.tensorboard")
-# What the engine does not do; each such run trains alone through the fit engine.
+# ---- admission: an allow-list. What is not on it trains alone through the fit engine. ----------
+KINDS = ("mlp", "cnn", "resmlp", "rescnn")
+NORMS = (None, "none", "batch", "layer", "group", "rms", "renorm", "ghost")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+# Every param the engine acts on: through the member's own model (build_model) and optimizer
+# (make_optimizer), its Schedule, its eval points (validation loss and accuracy, record.train_eval)
+# and the lifecycle's checkpoints. precise_examples and landscape_factors are read only by
+# bn_eval: precise and record.landscape, which are refused below.
+HANDLED = frozenset({
+    "data.dataset", "data.validation", "data.train_limit",
+    "model.kind", "model.depth", "model.width", "model.hidden", "model.activation",
+    "model.batch_norm", "model.norm", "model.groups", "model.ghost_batch_size",
+    "model.renorm_clipping", "model.bn_noise", "model.skip_init", "model.bn_placement",
+    "model.bn_momentum", "model.bn_epsilon", "model.init", "model.dropout",
+    "train.optimizer", "train.learning_rate", "train.momentum", "train.weight_decay",
+    "train.batch_size", "train.epochs", "train.steps", "train.precision", "train.seed",
+    "train.steps_per_execution", "train.jit_compile", "train.pack",
+    "record.eval_every", "record.train_eval", "record.keep_checkpoint", "record.precise_examples",
+    "record.landscape_factors"})
+# Known settings the engine handles only when off (each such run trains alone).
 RECORDING = {"record.activations": "records activations (per-layer hooks)",
              "record.gradients": "records gradient norms (per-layer hooks)",
              "record.tensorboard": "writes TensorBoard events",
@@ -79,15 +99,17 @@ RECORDING = {"record.activations": "records activations (per-layer hooks)",
              "record.ics": "measures internal covariate shift",
              "record.eval_at_start": "evaluates at step 0",
              "record.test": "evaluates the test split (a Keras model per member)"}
-# Measured equal to fit (tests/test_vmap.py). The CNN is not: a vmapped convolution becomes a grouped
-# one that rounds differently, and a tiny no-BN CNN (filters 4-8, lr 0.01, 16 steps) ended 1e-4
-# (training loss) to 8e-4 (validation loss) away from fit, above the 1e-4 promised.
-VERIFIED_KINDS = ("mlp",)
+OFF_ONLY = frozenset(RECORDING) | {"record.bn_eval", "model.bn_variance"}
+# Normalisers that use the batch's statistics (models.BATCH_NORMS) in a convolutional model: a
+# 2x32-filter BN CNN (MNIST, 32 steps) ended up to 1e-2 (loss) and 0.004 (accuracy) from its solo
+# fit, 2.5x outside the contract, also as a group of one member: the engine's compiled step rounds
+# differently from fit's, not the batching (docs/vmap.md).
+BATCH_STATISTICS = ("batch", "renorm", "ghost")
+CONVOLUTION_WITH_BATCH_STATISTICS = (
+    "measured outside the solo run's chaos floor in the vmap engine (even as a group of one), "
+    "so it trains alone")
 # Model kinds whose members run one after another (lax.map) inside the program: see _over_members.
 SEQUENTIAL_KINDS = ("cnn", "rescnn")
-VERIFIED_NORMS = (None, "none", "batch")
-
-
 
 
 class VmapEngine:
@@ -112,17 +134,19 @@ class VmapEngine:
         modes = params.get("record.bn_eval") or ["moving"]
         if list(modes) != ["moving"]:
             return f"record.bn_eval={list(modes)}: the vmap engine evaluates with moving statistics only"
-        if params.get("model.kind") not in VERIFIED_KINDS:
-            return f"model.kind={params.get('model.kind')}: not verified equal to fit under vmap"
-        if params.get("model.norm") not in VERIFIED_NORMS:
-            return f"model.norm={params.get('model.norm')}: not verified equal to fit under vmap"
-        if params.get("model.bn_noise"):
-            return "model.bn_noise: not verified equal to fit under vmap"
         if params.get("model.bn_variance", "biased") != "biased":
             return "model.bn_variance: unbiased inference statistics need a Keras model per member"
-        if params.get("train.precision") == "mixed_float16":
-            # fit wraps the optimizer in a LossScaleOptimizer for float16; this engine does not.
-            return "train.precision=mixed_float16: needs loss scaling, which the vmap engine lacks"
+        for key in params:
+            if key not in HANDLED and key not in OFF_ONLY:
+                return f"{key}: not a setting the vmap engine handles"
+        for key, allowed in (("model.kind", KINDS), ("model.norm", NORMS),
+                             ("train.precision", PRECISIONS), ("train.optimizer", OPTIMIZERS)):
+            if params.get(key) not in allowed:
+                return f"{key}={params.get(key)}: not one the vmap engine trains ({_listed(allowed)})"
+        norm = params.get("model.norm") or ("batch" if params.get("model.batch_norm") else "none")
+        if params["model.kind"] in SEQUENTIAL_KINDS and norm in BATCH_STATISTICS:
+            return (f"model.kind={params['model.kind']} with model.norm={norm}: "
+                    + CONVOLUTION_WITH_BATCH_STATISTICS)
         return None
 
     def group_key(self, run: Run) -> Hashable:
@@ -170,6 +194,19 @@ class VmapEngine:
             if len(self._programs) > PROGRAMS_KEPT:
                 self._programs.clear()
             _Group(members, data, self.group_key(members[0].run), self._programs).train()
+
+
+def _positions(layer) -> int:
+    """Output positions of a layer: the pixels of a convolution's feature map, 1 for a vector."""
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):  # a layer used more than once, or never called
+        return 1
+    return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+
+
+def _listed(values: tuple) -> str:
+    return ", ".join(str(v) for v in values if v is not None)
 
 
 def member_bytes(params: dict[str, Any], data: Dataset) -> int:
@@ -263,7 +300,10 @@ class _Group:
         self.active = np.arange(self.lanes) < len(members)
         self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
-        self.weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        # Multiply-adds per example: each weight once per output position (a convolution's kernel
+        # at every pixel of its output map, a dense layer's once).
+        self.weights = sum(int(np.prod(v.shape)) * _positions(layer) for layer in model.layers
+                           for v in layer.trainable_variables)
         self.sequential = params["model.kind"] in SEQUENTIAL_KINDS
         self.scaled = hasattr(optimizer, "scale_loss")  # a LossScaleOptimizer (mixed_float16)
         self.structure, self._programs = structure, programs
