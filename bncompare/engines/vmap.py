@@ -9,8 +9,9 @@ trains them with one member's model and optimizer as the traced template:
     jax.value_and_grad                                                  gradients of the batch mean
     optimizer.stateless_apply(optimizer_variables, grads, trainable)    the member's update
 
-under `jax.vmap` over members and `lax.fori_loop` over steps: one compiled call trains every member for
-a block of steps. The learning rate is one of the optimizer's variables, so stacking the members'
+under `jax.vmap` over members (for convolutional models `lax.map`: see `_Group._over_members`) and
+`lax.fori_loop` over steps: one compiled call trains every member for a block of steps. Under
+mixed_float16 each member's loss is scaled by its own LossScaleOptimizer state, as in fit. The learning rate is one of the optimizer's variables, so stacking the members'
 optimizer variables gives each its own rate; weight decay is substituted per member while tracing
 (Keras reads `optimizer.weight_decay` only as a number to multiply by). Each member gathers its own
 batches on the device from its epoch permutation (`Schedule.batch_indices`), uploaded once per epoch.
