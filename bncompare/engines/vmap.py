@@ -11,8 +11,9 @@ trains them with one member's model and optimizer as the traced template:
 
 under `jax.vmap` over members (for convolutional models `lax.map`: see `_Group._over_members`) and
 `lax.fori_loop` over steps: one compiled call trains every member for a block of steps. Under
-mixed_float16 each member's loss is scaled by its own LossScaleOptimizer state, as in fit. The learning rate is one of the optimizer's variables, so stacking the members'
-optimizer variables gives each its own rate; weight decay is substituted per member while tracing
+mixed_float16 each member's loss is scaled by its own LossScaleOptimizer state, as in fit. The
+learning rate is one of the optimizer's variables, so stacking the members' optimizer variables
+gives each its own rate; weight decay is substituted per member while tracing
 (Keras reads `optimizer.weight_decay` only as a number to multiply by). Each member gathers its own
 batches on the device from its epoch permutation (`Schedule.batch_indices`), uploaded once per epoch.
 
@@ -306,7 +307,6 @@ class _Group:
         self.weights = sum(int(np.prod(v.shape)) * _positions(layer) for layer in model.layers
                            for v in layer.trainable_variables)
         self.sequential = params["model.kind"] in SEQUENTIAL_KINDS
-        self.scaled = hasattr(optimizer, "scale_loss")  # a LossScaleOptimizer (mixed_float16)
         self.structure, self._programs = structure, programs
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
         self._loss = loss_function(keras)
@@ -323,12 +323,11 @@ class _Group:
         def loss_of(trainable):
             logits, updated = self.model.stateless_call(trainable, non_trainable, x, training=True)
             loss = self._loss(y, logits)
-            scaled = loss
-            if self.scaled:  # mixed_float16: the gradient of loss x the member's dynamic scale,
-                # read from its own optimizer variables, as Keras's JAX trainer does in fit
-                mapping = list(zip(self.optimizer.variables, slots))
-                with self.keras.StatelessScope(state_mapping=mapping):
-                    scaled = self.optimizer.scale_loss(loss)
+            # As Keras's JAX trainer does in fit: the gradient is of the loss scaled by the
+            # optimizer, which reads the member's own variables (under mixed_float16 the
+            # LossScaleOptimizer's dynamic scale; otherwise the loss is returned unchanged).
+            with self.keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, slots))):
+                scaled = self.optimizer.scale_loss(loss)
             return scaled, (loss, logits, updated)
 
         (_, (loss, logits, non_trainable)), grads = jax.value_and_grad(
