@@ -63,12 +63,12 @@ CNN = dict(model__kind="cnn", model__hidden=[4, 8], data__train_limit=256, train
            train__epochs=1)
 CASES: dict[str, dict[str, Any]] = {
     "cnn": dict(CNN, train__optimizer="sgd"),
-    "cnn_group": dict(CNN, model__norm="group", model__groups=2),
-    "rescnn_rms": dict(CNN, model__kind="rescnn", model__hidden=[4, 4], model__norm="rms"),
+    "rescnn_group": dict(CNN, model__kind="rescnn", model__hidden=[4, 4], model__norm="group",
+                         model__groups=2),
     "resmlp_layer": dict(MLP, model__kind="resmlp", model__hidden=[16, 16, 8, 8],
                          model__norm="layer"),
-    "resmlp_skip_init": dict(MLP, model__kind="resmlp", model__hidden=[16, 16],
-                             model__skip_init=True),
+    "resmlp_skip_init_rms": dict(MLP, model__kind="resmlp", model__hidden=[16, 16],
+                                 model__skip_init=True, model__norm="rms"),
     "renorm_noise": dict(MLP, model__norm="renorm", model__bn_noise={"mean": 0.5, "std": 1.0}),
     "ghost_float16": dict(MLP, model__norm="ghost", model__ghost_batch_size=8,
                           train__precision="mixed_float16"),

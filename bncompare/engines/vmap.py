@@ -304,8 +304,8 @@ class _Group:
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         # Multiply-adds per example: each weight once per output position (a convolution's kernel
         # at every pixel of its output map, a dense layer's once).
-        self.weights = sum(int(np.prod(v.shape)) * _positions(layer) for layer in model.layers
-                           for v in layer.trainable_variables)
+        self.multiply_adds = sum(int(np.prod(v.shape)) * _positions(layer)
+                                 for layer in model.layers for v in layer.trainable_variables)
         self.sequential = params["model.kind"] in SEQUENTIAL_KINDS
         self.structure, self._programs = structure, programs
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
@@ -388,8 +388,8 @@ class _Group:
 
         A vmapped convolution lowers to one grouped convolution (feature_group_count = members),
         which XLA computes with another kernel than a solo run's convolution and rounds
-        differently: a 2x32-filter CNN with BN ended 1e-4 (relative) from its solo run after 32
-        steps. Under `lax.map` each member's convolutions are the solo run's (docs/vmap.md)."""
+        differently; under `lax.map` each member's convolutions are the solo run's (measured in
+        docs/vmap.md). On a CPU the members' arithmetic is serial either way."""
         import jax
         from jax import lax
 
@@ -577,7 +577,7 @@ class _Group:
     def _first_steps_per_call(self) -> int:
         """Steps in the first call: CALL_SECONDS of arithmetic at a conservative rate."""
         rate = STEP_FLOPS_PER_SECOND.get(self.device.platform, STEP_FLOPS_PER_SECOND["gpu"])
-        flops = 6 * self.weights * self.batch * self.lanes  # forward + backward, per step
+        flops = 6 * self.multiply_adds * self.batch * self.lanes  # forward + backward, per step
         return max(1, int(CALL_SECONDS * rate / flops))
 
 
