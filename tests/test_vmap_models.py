@@ -117,7 +117,7 @@ def test_admission_is_an_allow_list():
     assert "model.kind=my.module:net" in refuses(make_run(model__kind="my.module:net"))
     for conv in ("cnn", "rescnn"):  # batch statistics in a convolutional model: measured outside
         for norm in ("batch", "renorm", "ghost"):
-            assert "trains alone" in refuses(make_run(model__kind=conv, model__norm=norm))
+            assert "chaos floor" in refuses(make_run(model__kind=conv, model__norm=norm))
     assert refuses(make_run(model__kind="cnn", model__norm="group")) is None
     # Kept refused until the eval-time features merge, with the same reasons as before.
     assert "record.activations" in refuses(make_run(record__activations=True))

@@ -104,12 +104,13 @@ RECORDING = {"record.activations": "records activations (per-layer hooks)",
 OFF_ONLY = frozenset(RECORDING) | {"record.bn_eval", "model.bn_variance"}
 # Normalisers that use the batch's statistics (models.BATCH_NORMS) in a convolutional model: a
 # 2x32-filter BN CNN (MNIST, 32 steps) ended up to 1e-2 (loss) and 0.004 (accuracy) from its solo
-# fit, 2.5x outside the contract, also as a group of one member: the engine's compiled step rounds
-# differently from fit's, not the batching (docs/vmap.md).
+# fit, 2.5x outside the contract, also as a group of one member: XLA compiles a convolution step
+# inside the block's lax loop differently from fit's top-level step (docs/vmap.md), and BN's
+# training amplifies the rounding.
 BATCH_STATISTICS = ("batch", "renorm", "ghost")
 CONVOLUTION_WITH_BATCH_STATISTICS = (
-    "measured outside the solo run's chaos floor in the vmap engine (even as a group of one), "
-    "so it trains alone")
+    "measured outside its solo run's chaos floor in the vmap engine, even as a group of one "
+    "(docs/vmap.md)")
 # Model kinds whose members run one after another (lax.map) inside the program: see _over_members.
 SEQUENTIAL_KINDS = ("cnn", "rescnn")
 
