@@ -51,6 +51,7 @@ from bncompare.models import build_model, layer_sizes, loss_function, per_exampl
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
 from bncompare.lifecycle import EVAL_BATCH_SIZE, START_PROBE
+from bncompare.seeding import set_random_seed
 
 NAME = "vmap"
 # Target duration of one compiled training call (see the module docstring).
@@ -236,7 +237,7 @@ class _Group:
         self.per_execution = steps_per_execution(params, "jax")
         states = []
         for member in members:
-            keras.utils.set_random_seed(member.run.seed)  # what a solo run draws
+            set_random_seed(member.run.seed)  # what a solo run draws
             model = build_model(member.run.params, data.input_shape, data.classes)
             optimizer = make_optimizer(member.run.params)
             optimizer.build(model.trainable_variables)
