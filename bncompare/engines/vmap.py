@@ -44,7 +44,7 @@ from typing import Any, Hashable
 import numpy as np
 
 from bncompare import interrupts
-from bncompare.backend import import_keras
+from bncompare.backend import backend_name, import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
@@ -102,7 +102,7 @@ class VmapEngine:
     def refuses(self, run: Run) -> str | None:
         """Why this engine cannot train `run` (it then trains alone with fit), or None."""
         params = run.params
-        backend = import_keras().backend.backend()
+        backend = backend_name()  # not Keras's own answer: the --jobs parent must not import it
         if backend != "jax":
             return f"the vmap engine needs the JAX backend (this is {backend})"
         for key, what in RECORDING.items():
@@ -145,10 +145,9 @@ class VmapEngine:
     def max_members(self, run: Run, data: Dataset | None = None) -> int:
         """How many such runs fit in one group on the default device (memory estimate; without
         the data, as for --dry-run, the CPU cap)."""
-        import jax
-
-        if data is None:
+        if data is None:  # e.g. the --jobs parent, which plans without touching a device
             return CPU_MAX_MEMBERS
+        import jax
 
         device = jax.devices()[0]
         per_member = member_bytes(run.params, data)

@@ -1,0 +1,115 @@
+"""Start-up on JAX and PyTorch: no TensorFlow in the process, no TensorFlow log lines, and a --jobs
+parent that plans without importing a backend; seeding draws exactly what Keras's own function draws.
+
+Each case runs `bncompare` in a fresh process (what a process imported is only visible from inside
+it): the command is run in-process there by a small script that then reports its `sys.modules`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bncompare.backend import NATIVE_LOG_LINE
+
+CONFIG = """\
+name: startup
+data: {dataset: synthetic, train_limit: 256}
+model: {hidden: [16], dropout: 0.1}
+train: {epochs: 1, batch_size: 64, seeds: [0]}
+sweep: {train.learning_rate: [0.001, 0.01]}
+"""
+# Runs `bncompare ARGS` in this process, then prints which frameworks it imported and, with
+# --seeding, whether bncompare's seeding and Keras's own give the same draws.
+SCRIPT = """
+import json, random, sys
+if __name__ == "__main__":  # --jobs workers re-import this script under another name
+    seeding = sys.argv.pop(1) == "--seeding"
+    sys.argv[0] = "bncompare"
+    from bncompare.__main__ import main
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    print("END OF BNCOMPARE", file=sys.stderr, flush=True)
+    report = {"code": code, "imported": sorted(m for m in ("keras", "jax", "tensorflow", "torch")
+                                               if m in sys.modules)}
+    if seeding:
+        import numpy as np
+        from bncompare.backend import import_keras
+        from bncompare.seeding import set_random_seed
+
+        keras = import_keras()
+
+        def draws():
+            layer = keras.layers.Dense(3)
+            layer.build((None, 2))
+            dropout = keras.layers.Dropout(0.5)(np.ones((1, 8), "float32"), training=True)
+            values = [random.random(), np.random.rand(), keras.random.normal((2,)),
+                      layer.kernel, dropout]
+            if keras.backend.backend() == "torch":
+                import torch
+
+                values.append(torch.rand(2))
+            return [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for v in values]
+
+        set_random_seed(7)
+        ours = draws()
+        # Keras's own function, with TensorFlow seen as absent (importing it costs seconds).
+        from types import SimpleNamespace
+        from keras.src.utils import rng_utils
+
+        rng_utils.tf = SimpleNamespace(available=False)
+        keras.utils.set_random_seed(7)
+        report["same_draws_as_keras"] = ours == draws()
+    print("REPORT " + json.dumps(report))
+"""
+
+
+def bncompare(tmp_path: Path, backend: str, *args: str, seeding: bool = False):
+    """(report, its stderr) of `bncompare run` on the tiny config in a fresh process."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install -e '.[test]' installs it)")
+    config = tmp_path / "startup.yaml"
+    config.write_text(CONFIG)
+    script = tmp_path / "bncompare_in_process.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, str(script), "--seeding" if seeding else "--", "run",
+                           str(config), "--out", str(tmp_path / "results"), "--backend", backend,
+                           "--quiet", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout.split("REPORT ", 1)[1])
+    assert report["code"] == 0, done.stdout + done.stderr
+    return report, done.stderr.split("END OF BNCOMPARE", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_run_on_jax_or_torch_imports_no_tensorflow_and_seeds_as_keras_does(tmp_path, backend):
+    report, stderr = bncompare(tmp_path, backend, "--jobs", "1", seeding=True)
+    assert "tensorflow" not in report["imported"], report
+    # TensorFlow's C++ start-up lines (oneDNN, cudart_stub) used to appear even with --quiet.
+    assert not [line for line in stderr.splitlines() if NATIVE_LOG_LINE.match(line)], stderr
+    assert stderr == "", stderr
+    # Keras's set_random_seed differs only by seeding TensorFlow, which nothing here reads: the
+    # same Python, NumPy, SeedGenerator (Dropout, keras.random) and torch draws, and weights.
+    assert report["same_draws_as_keras"]
+
+
+@pytest.mark.slow
+def test_the_jobs_parent_plans_a_jax_sweep_without_importing_a_backend(tmp_path):
+    """The parent of --jobs workers reads device memory nowhere and may share a GPU with them: it
+    plans from the params and the backend's name alone (the workers split a group by memory)."""
+    # One vmap group: the second worker finds no work and exits before importing anything.
+    report, stderr = bncompare(tmp_path, "jax", "--jobs", "2", "--variants", "bn")
+    assert report["imported"] == [], report
+    assert not [line for line in stderr.splitlines() if NATIVE_LOG_LINE.match(line)], stderr
+    finished = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("startup/*/metrics.json")]
+    assert [(m["status"], m["engine"]) for m in finished] == [("completed", {"name": "vmap", "members": 2})] * 2
