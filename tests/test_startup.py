@@ -1,5 +1,6 @@
 """Start-up on JAX and PyTorch: no TensorFlow in the process, no TensorFlow log lines, and a --jobs
-parent that plans without importing a backend; seeding draws exactly what Keras's own function draws.
+parent that plans without importing a backend; seeding draws exactly what Keras's own function draws,
+and a vmap group starts each member from exactly the state its solo run starts from.
 
 Each case runs `bncompare` in a fresh process (what a process imported is only visible from inside
 it): the command is run in-process there by a small script that then reports its `sys.modules`.
