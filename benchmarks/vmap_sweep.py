@@ -140,9 +140,7 @@ def main() -> None:
 
     select_backend("jax")
     select_device(args.device)
-    # Keras's set_random_seed imports TensorFlow when it is installed (~6 s, once per process):
-    # paid here, before any clock starts, so that the first K measured is not charged for it.
-    import_keras().utils.set_random_seed(0)
+    import_keras()  # once per process, before any clock starts: not charged to the first K
     print(f"device {check_device(args.device)}; epochs {args.epochs}; "
           f"train limit {args.train_limit or 'none'}", flush=True)
     rates = {k: vmapped(k, args.epochs, args.train_limit) for k in args.members}

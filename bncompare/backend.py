@@ -34,6 +34,16 @@ def select_backend(name: str | None) -> None:
     os.environ["KERAS_BACKEND"] = name
 
 
+def backend_name() -> str:
+    """The Keras backend this process trains on, or will once it imports Keras, without importing
+    it: planning a sweep needs only the name, and the parent of --jobs workers must not start a
+    backend (it would hold GPU memory that the workers need)."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):
+        return keras.backend.backend()
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def select_device(device: str) -> None:
     """Hide GPUs for `cpu`; must run before Keras is imported to take effect."""
     # TensorFlow prints pages of C++ log lines (oneDNN, CUDA probing) at import; users need none.

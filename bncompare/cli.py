@@ -246,7 +246,7 @@ def run(
     if dry_run:
         from bncompare.backend import select_backend
 
-        select_backend(backend.value if backend else None)  # the JAX planner asks Keras
+        select_backend(backend.value if backend else None)  # the planner reads its name (no import)
         print_runs(runs, training_plan(runs, _backend_name()))
         return
     from bncompare import executors, interrupts, runner

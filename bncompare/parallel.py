@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bncompare.backend import backend_name  # the workers' backend, known without importing it
 from bncompare.config import Run
 from bncompare import interrupts
 from bncompare.lifecycle import Listener
@@ -213,14 +214,17 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
                 group = connection.recv()
                 if group is None:
                     break
-                engine, runs = group
+                _, runs = group  # its engine is planned again below, with the data
                 send(("took", slot, 0, runs))
                 interrupts.check()
                 prepared = runner.prepare(runs, device)  # cheap after the first: data is cached
-                done = execute_group(engines.get(engine), runs, out,
-                                     prepared.datasets[runner.data_key(runs[0])],
-                                     prepared.environment, listener, force)
-                busy += [o.run for o in done if o.status == "busy"]
+                # The parent planned without a device; here the group is split if it would not fit
+                # this device's memory (engines.plan with the data, as a single process plans).
+                for part in engines.plan(runs, backend_name(), prepared.datasets):
+                    done = execute_group(engines.get(part.engine), part.runs, out,
+                                         prepared.datasets[runner.data_key(part.runs[0])],
+                                         prepared.environment, listener, force)
+                    busy += [o.run for o in done if o.status == "busy"]
         except (KeyboardInterrupt, EOFError):  # InterruptedGroup too; EOFError: the parent is gone
             stopped = True
         except Exception as e:  # noqa: BLE001 - tell the parent instead of dying silently
@@ -230,11 +234,6 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
             runner.execute(busy, out, runner.prepare(busy, device), listener,
                            signals=(signal.SIGTERM,))  # SIGINT stays ignored, as above
     send(("exit", slot, 0, None))
-
-
-def backend_name() -> str:
-    """The Keras backend the workers will use, without importing it here."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: str,

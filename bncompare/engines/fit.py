@@ -21,6 +21,7 @@ from bncompare.engines.common import (evaluate_point, jit_compile, make_optimize
                                       start_loss, steps_per_execution, training_state)
 from bncompare.engines.contract import Member, Stopwatch
 from bncompare.models import build_model, loss_function
+from bncompare.seeding import set_random_seed
 
 _DEVICE_ARRAYS: dict[int, tuple] = {}
 
@@ -70,7 +71,7 @@ class FitEngine:
         keras = import_keras()
         run, schedule, recorder = member.run, member.schedule, member.recorder
         params = run.params
-        keras.utils.set_random_seed(run.seed)  # weights, dropout; the batch order has its own rng
+        set_random_seed(run.seed)  # weights, dropout; the batch order has its own rng
         model = build_model(params, data.input_shape, data.classes)
         backend = keras.backend.backend()
         model.compile(optimizer=make_optimizer(params), loss=loss_function(keras), metrics=["accuracy"],

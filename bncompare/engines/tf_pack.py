@@ -32,6 +32,7 @@ from bncompare.engines.common import (data_key, make_optimizer, restore, steps_p
 from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE, Member, Stopwatch
 from bncompare.engines.fit import device_arrays
 from bncompare.models import build_model, loss_function, per_example_loss
+from bncompare.seeding import set_random_seed
 
 # Members per group. Memory grows with it (every member's activations for one batch) and so does
 # graph-building time; 16 holds a learning-rate x BN sweep of 8 rates.
@@ -64,7 +65,7 @@ class TfPackEngine:
 
         models, optimizers = [], []
         for member in members:
-            keras.utils.set_random_seed(member.run.seed)  # the same initial weights as alone
+            set_random_seed(member.run.seed)  # the same initial weights as alone
             models.append(build_model(member.run.params, data.input_shape, data.classes))
             optimizers.append(make_optimizer(member.run.params))
             optimizers[-1].build(models[-1].trainable_variables)

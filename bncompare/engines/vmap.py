@@ -49,7 +49,7 @@ from typing import Any, Hashable
 import numpy as np
 
 from bncompare import interrupts
-from bncompare.backend import import_keras
+from bncompare.backend import backend_name, import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
 from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
@@ -57,6 +57,7 @@ from bncompare.models import build_model, layer_sizes, loss_function, per_exampl
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
 from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE
 from bncompare.engines.vmap_eval import as_member
+from bncompare.seeding import set_random_seed
 
 NAME = "vmap"
 # Target duration of one compiled training call (see the module docstring).
@@ -126,7 +127,7 @@ class VmapEngine:
     def refuses(self, run: Run) -> str | None:
         """Why this engine cannot train `run` (it then trains alone with fit), or None."""
         params = run.params
-        backend = import_keras().backend.backend()
+        backend = backend_name()  # not Keras's own answer: the --jobs parent must not import it
         if backend != "jax":
             return f"the vmap engine needs the JAX backend (this is {backend})"
         for key in params:
@@ -163,10 +164,9 @@ class VmapEngine:
     def max_members(self, run: Run, data: Dataset | None = None) -> int:
         """How many such runs fit in one group on the default device (memory estimate; without
         the data, as for --dry-run, the CPU cap)."""
-        import jax
-
-        if data is None:
+        if data is None:  # e.g. the --jobs parent, which plans without touching a device
             return CPU_MAX_MEMBERS
+        import jax
 
         device = jax.devices()[0]
         per_member = member_bytes(run.params, data)
@@ -266,17 +266,10 @@ class _Group:
         self.schedule = members[0].schedule  # equal for all: the group key holds its params
         self.batch = self.schedule.batch_size
         self.per_execution = steps_per_execution(params, "jax")
-        states = []
-        for member in members:
-            keras.utils.set_random_seed(member.run.seed)  # what a solo run draws
-            model = build_model(member.run.params, data.input_shape, data.classes)
-            optimizer = make_optimizer(member.run.params)
-            optimizer.build(model.trainable_variables)
-            states.append(([v.value for v in model.trainable_variables],
-                           [v.value for v in model.non_trainable_variables],
-                           [v.value for v in optimizer.variables]))
-        # The last member's objects are the template every member's numbers are traced through:
-        # the group key makes their structure (and weight decay on/off, momentum) the same for all.
+        self.device = jax.devices()[0]
+        model, optimizer, states = self._initial_states(members, data)
+        # The template every member's numbers are traced through: the group key makes the
+        # structure (and weight decay on/off, momentum) the same for all.
         self.model, self.optimizer = model, optimizer
         # A resumed group is padded to the size its members were trained at (idle copies of the
         # first member): XLA rounds a vmapped program differently for different member counts, and
@@ -287,11 +280,12 @@ class _Group:
         if padding:  # recorded, so that a second resume pads to the same size again
             for member in members:
                 member.recorder.metrics.data["engine"] = {"name": NAME, "members": self.lanes}
-        self.state = jax.tree.map(lambda *values: jnp.stack(values), *states, *[states[0]] * padding)
+        # Stacked on the host and copied once: jnp.stack compiles a program per leaf shape.
+        stacked = jax.tree.map(lambda *values: np.stack(values), *states, *[states[0]] * padding)
+        self.state = jax.device_put(stacked, self.device)
         decays = [m.run.params["train.weight_decay"] for m in members]
         self.decay = jnp.asarray(decays + decays[:1] * padding, jnp.float32)
         self.active = np.arange(self.lanes) < len(members)
-        self.device = jax.devices()[0]
         self.x_train, self.y_train = _on_device(data.x_train, data.y_train, self.device)
         # Multiply-adds per example: each weight once per output position (a convolution's kernel
         # at every pixel of its output map, a dense layer's once).
@@ -301,6 +295,36 @@ class _Group:
         self.structure, self._programs = structure, programs
         self._compiler = ThreadPoolExecutor(max_workers=3, thread_name_prefix="vmap-compile")
         self._loss = loss_function(keras)
+
+    @staticmethod
+    def _initial_states(members: list, data: Dataset) -> tuple:
+        """(a template model, its built optimizer, each member's (trainable, non-trainable,
+        optimizer) values): exactly the values each member's solo run starts from.
+
+        A member's weights are drawn by `build_model` right after seeding with its seed, from its
+        params less the optimizer's numbers (which no model reads): members that share those (a
+        learning-rate sweep) draw the same weights alone, so they share one draw here. Each member
+        gets its own optimizer's iteration and learning-rate variables (Keras creates them in the
+        constructor); the slots that `build` adds after them (moments, zero) are alike for every
+        member of a group, so the template's are copied."""
+        drawn: dict[Hashable, tuple] = {}
+        states = []
+        for member in members:
+            params = member.run.params
+            key = (member.run.seed, _hashable({k: v for k, v in params.items()
+                                               if k not in ("train.learning_rate", "train.weight_decay")}))
+            if key not in drawn:
+                set_random_seed(member.run.seed)  # what a solo run draws
+                model = build_model(params, data.input_shape, data.classes)
+                drawn[key] = ([v.value for v in model.trainable_variables],
+                              [v.value for v in model.non_trainable_variables])
+            own = [v.value for v in make_optimizer(params).variables]
+            states.append((*drawn[key], own))
+        optimizer = make_optimizer(members[-1].run.params)
+        optimizer.build(model.trainable_variables)
+        slots = [v.value for v in optimizer.variables[len(states[-1][2]):]]
+        return model, optimizer, [(trainable, non_trainable, own + slots)
+                                  for trainable, non_trainable, own in states]
 
     # ---- the traced functions -------------------------------------------------------------------
 
