@@ -56,7 +56,7 @@ def select_device(device: str) -> None:
 
 # Threads per process for the operations inside a layer (matmul, reductions). One, always: how a
 # framework splits a sum across threads changes its rounding, and BN training amplifies rounding
-# differences about 2,000x (README, "Reproducibility"), so a run must not learn something else
+# differences about 2,000x (docs/guide.md, "Engines and reproducibility"), so a run must not learn something else
 # because it ran beside others (--jobs, Ray) or on a machine with more cores. Independent
 # operations still run in parallel (TensorFlow's inter-op pool: the members of a pack).
 # BNCOMPARE_THREADS overrides it, e.g. for one big CNN alone on a many-core machine.

@@ -3,7 +3,7 @@ learns, bit for bit, and hands divergence, interrupts, mixed precision and CNNs 
 lifecycle the same way (synthetic data, seconds each).
 
 The plain path is Keras `fit`, one step per call, no XLA, one run at a time. BN training amplifies
-rounding differences about 2,000x (README, "Reproducibility"), so "the same" means equal floats here,
+rounding differences about 2,000x (docs/guide.md, "Engines and reproducibility"), so "the same" means equal floats here,
 not close ones: a path that reorders a float sum would fail these tests.
 """
 

@@ -1,5 +1,5 @@
 """metrics.json's environment names the CPU and the instruction set its math libraries may use:
-BN runs reproduce bit for bit only on CPUs of one kind (README, "Reproducibility")."""
+BN runs reproduce bit for bit only on CPUs of one kind (docs/guide.md, "Engines and reproducibility")."""
 
 from __future__ import annotations
 

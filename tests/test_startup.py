@@ -36,6 +36,10 @@ train: {epochs: 1, batch_size: 64, seeds: [0, 1], weight_decay: 0.001}
 sweep: {train.learning_rate: [0.001, 0.1], model.init: [glorot_uniform, he_normal]}
 variants: {bn: {}, bn_decay_2: {train.weight_decay: 0.002}}
 """
+# The same in mixed_float16: a LossScaleOptimizer's `build` adds its loss-scale variables between its
+# own and its inner optimizer's constructor variables.
+GROUP_FLOAT16 = GROUP.replace("name: group", "name: group_float16").replace(
+    "train: {", "train: {precision: mixed_float16, ")
 # Runs `bncompare ARGS` in this process, then prints which frameworks it imported, and what the
 # checks after it find: bncompare's seeding against Keras's own; on JAX, the vmap engine's initial
 # state against every member built alone.
@@ -114,7 +118,8 @@ if __name__ == "__main__":  # --jobs workers re-import this script under another
         keras.utils.set_random_seed(7)
         report["same_draws_as_keras"] = ours == draws()
         if keras.backend.backend() == "jax":
-            report["same_initial_state"] = same_initial_state(os.environ["GROUP_CONFIG"])
+            report["same_initial_state"] = all(same_initial_state(config) for config in
+                                               os.environ["GROUP_CONFIG"].split(os.pathsep))
     print("REPORT " + json.dumps(report))
 """
 
@@ -126,10 +131,12 @@ def bncompare(tmp_path: Path, backend: str, *args: str, checks: bool = False):
     config = tmp_path / "startup.yaml"
     config.write_text(CONFIG)
     (tmp_path / "group.yaml").write_text(GROUP)
+    (tmp_path / "group_float16.yaml").write_text(GROUP_FLOAT16)
     script = tmp_path / "bncompare_in_process.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
-    env["GROUP_CONFIG"] = str(tmp_path / "group.yaml")
+    env["GROUP_CONFIG"] = os.pathsep.join(str(tmp_path / name)
+                                          for name in ("group.yaml", "group_float16.yaml"))
     done = subprocess.run([sys.executable, str(script), "--checks" if checks else "--", "run",
                            str(config), "--out", str(tmp_path / "results"), "--backend", backend,
                            "--quiet", *args], capture_output=True, text=True, timeout=300, env=env)

@@ -285,3 +285,22 @@ def test_groups_of_one_key_and_size_share_their_compiled_programs():
     assert len(engine._programs) == compiled  # nothing compiled after the first group
     assert results[0] == results[1]  # reused programs, the same numbers
     assert results[2] != results[0]
+
+
+@jax_only
+def test_the_same_numbers_however_the_calls_are_sized(monkeypatch):
+    """Calls are sized by measured time, so two runs of one config split their steps differently;
+    the recorded training loss (summed over an eval interval) must not depend on where."""
+    import bncompare.engines.vmap as vmap
+
+    runs = [make_run(seed, model__batch_norm=True, train__learning_rate=0.01 * (seed + 1))
+            for seed in (0, 1)]
+    histories = []
+    for steps in (1, 3, 1000):  # one step per call, uneven calls, a whole interval per call
+        monkeypatch.setattr(vmap._Group, "_first_steps_per_call", lambda self, steps=steps: steps)
+        monkeypatch.setattr(vmap, "CALL_SECONDS", 0.0)  # the next call: 1 step (then the cap)
+        if steps == 1000:
+            monkeypatch.setattr(vmap, "CALL_SECONDS", 1e9)
+        histories.append([{key: values for key, values in recorder.metrics.data["history"].items()
+                           if key != "seconds"} for recorder in train_vmapped(runs)])
+    assert histories[0] == histories[1] == histories[2]

@@ -56,7 +56,7 @@ def jit_compile(params: dict[str, Any], backend: str) -> bool | str:
 
     auto is off on TensorFlow: XLA reorders float sums (inside BN's moments, among others), and BN
     training amplifies such rounding differences about 2,000x, so an XLA run would not learn what the
-    plain run learns (README, "Reproducibility"). Graph mode without XLA gives the plain path's
+    plain run learns (docs/guide.md, "Engines and reproducibility"). Graph mode without XLA gives the plain path's
     numbers bit for bit, and measured as fast on CPU. Other backends: Keras's own choice (JAX always
     compiles with XLA; it is its only path).
     """

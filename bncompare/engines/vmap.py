@@ -305,8 +305,8 @@ class _Group:
         params less the optimizer's numbers (which no model reads): members that share those (a
         learning-rate sweep) draw the same weights alone, so they share one draw here. Each member
         gets its own optimizer's iteration and learning-rate variables (Keras creates them in the
-        constructor); the slots that `build` adds after them (moments, zero) are alike for every
-        member of a group, so the template's are copied."""
+        constructor); the variables that `build` adds (moments, zero; a loss scale) are alike for
+        every member of a group, so the template's are copied."""
         drawn: dict[Hashable, tuple] = {}
         states = []
         for member in members:
@@ -321,10 +321,20 @@ class _Group:
             own = [v.value for v in make_optimizer(params).variables]
             states.append((*drawn[key], own))
         optimizer = make_optimizer(members[-1].run.params)
+        unbuilt = {id(v) for v in optimizer.variables}
         optimizer.build(model.trainable_variables)
-        slots = [v.value for v in optimizer.variables[len(states[-1][2]):]]
-        return model, optimizer, [(trainable, non_trainable, own + slots)
-                                  for trainable, non_trainable, own in states]
+        # `build` may add variables between the constructor's (a LossScaleOptimizer's step counter
+        # and scale come before its inner optimizer's iteration and rate): place each member's own
+        # values where the template's constructor variables ended up, in their order.
+        template = [v.value for v in optimizer.variables]
+        places = [i for i, v in enumerate(optimizer.variables) if id(v) in unbuilt]
+        assembled = []
+        for trainable, non_trainable, own in states:
+            values = list(template)
+            for place, value in zip(places, own, strict=True):
+                values[place] = value
+            assembled.append((trainable, non_trainable, values))
+        return model, optimizer, assembled
 
     # ---- the traced functions -------------------------------------------------------------------
 
@@ -361,12 +371,16 @@ class _Group:
         return (trainable, non_trainable, slots), loss, correct
 
     def _block_function(self, batch: int):
-        """The compiled call: `steps` steps of every member, batches of `batch` from `offset` on."""
+        """The compiled call: `steps` steps of every member, batches of `batch` from `offset` on.
+
+        The interval's summed training loss is carried in from the previous call (`loss_sum`), not
+        restarted at 0 and added up on the host: calls are sized by measured time, so restarting
+        would split the float32 sum at different steps in different runs of the same config."""
         import jax
         import jax.numpy as jnp
         from jax import lax
 
-        def member(state, decay, active, order, offset, steps, x_all, y_all):
+        def member(state, decay, active, order, offset, steps, loss_sum, x_all, y_all):
             def body(i, carry):
                 current, loss_sum, correct, first_bad = carry
                 indices = lax.dynamic_slice(order, (offset + i * batch,), (batch,))
@@ -374,13 +388,13 @@ class _Group:
                 first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), i, first_bad)
                 return current, loss_sum + loss * batch, correct + right, first_bad
 
-            start = (state, jnp.float32(0), jnp.int32(0), jnp.int32(-1))
+            start = (state, loss_sum, jnp.int32(0), jnp.int32(-1))
             new, loss_sum, correct, first_bad = lax.fori_loop(0, steps, body, start)
             # An inactive member keeps its state: masked, not removed, so nothing recompiles.
             new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
             return new, loss_sum, correct, first_bad
 
-        vmapped = self._over_members(member, (0, 0, 0, 0, None, None, None, None))
+        vmapped = self._over_members(member, (0, 0, 0, 0, None, None, 0, None, None))
         donate = (0,) if self.device.platform != "cpu" else ()  # CPU buffers cannot be donated
         return jax.jit(vmapped, donate_argnums=donate)
 
@@ -436,7 +450,7 @@ class _Group:
     def _block_program(self, batch: int, orders):
         """The training call for batches of `batch` examples (compiled once per batch size)."""
         args = (self.state, self.decay, self.active, orders, np.int32(0), np.int32(1),
-                self.x_train, self.y_train)
+                np.zeros(self.lanes, np.float32), self.x_train, self.y_train)
         return self._program(("block", batch), lambda: self._block_function(batch), *args)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -493,7 +507,7 @@ class _Group:
                 return
         steps_per_call = self._first_steps_per_call()
         seconds = 0.0
-        interval_loss = np.zeros(self.lanes)
+        interval_loss = np.zeros(self.lanes, np.float32)  # summed on the device (_block_function)
         interval_correct = np.zeros(self.lanes)
         interval_examples = 0
         per_epoch = schedule.steps_per_epoch
@@ -516,14 +530,14 @@ class _Group:
                 began = time.perf_counter()
                 self.state, loss_sum, correct, first_bad = call(
                     self.state, self.decay, self.active, orders, np.int32(offset), np.int32(steps),
-                    self.x_train, self.y_train)
+                    interval_loss, self.x_train, self.y_train)
                 loss_sum, correct, first_bad = jax.device_get((loss_sum, correct, first_bad))
                 took = time.perf_counter() - began
                 seconds += took
                 if batch == self.batch:  # at most 4x more per call: one fast, noisy timing
                     wanted = int(steps * CALL_SECONDS / max(took, 1e-6))
                     steps_per_call = max(1, min(4 * steps, wanted))
-                interval_loss += loss_sum
+                interval_loss = np.asarray(loss_sum, np.float32)
                 interval_correct += correct
                 interval_examples += steps * batch
                 self._report_block(first, last, step, steps, first_bad,
@@ -537,7 +551,7 @@ class _Group:
                 continue
             self._record_points(last, interval_loss / interval_examples,
                                 interval_correct / interval_examples, seconds)
-            interval_loss[:] = 0.0
+            interval_loss = np.zeros(self.lanes, np.float32)
             interval_correct[:] = 0.0
             interval_examples = 0
             interrupts.check()
