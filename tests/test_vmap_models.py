@@ -87,18 +87,17 @@ def test_members_learn_what_they_learn_alone(case: str):
 
 @jax_only
 def test_every_shipped_model_is_admitted():
-    """`--dry-run --backend jax` over configs/: no run trains alone for its model, norm or
-    precision, but for the CNN with BN, measured outside the contract (record.* and BN-evaluation
-    refusals are another branch's until it merges)."""
+    """`--dry-run --backend jax` over configs/: no run trains alone but the CNN with BN, measured
+    outside the contract (docs/vmap.md)."""
     from bncompare.config import load_runs
-    from bncompare.engines.vmap import CONVOLUTION_WITH_BATCH_STATISTICS, OFF_ONLY, VmapEngine
+    from bncompare.engines.vmap import CONVOLUTION_WITH_BATCH_STATISTICS, VmapEngine
 
     engine, reasons = VmapEngine(), {}
     runs = load_runs(sorted(CONFIGS.glob("*.yaml")))
     assert len(runs) > 300
     for run in runs:
         reason = engine.refuses(run)
-        if reason and not reason.startswith(tuple(OFF_ONLY)):
+        if reason:
             reasons[(run.experiment, run.variant, run.seed)] = reason
     cnn_bn = f"model.kind=cnn with model.norm=batch: {CONVOLUTION_WITH_BATCH_STATISTICS}"
     assert set(reasons.values()) == {cnn_bn}, reasons
@@ -119,7 +118,7 @@ def test_admission_is_an_allow_list():
         for norm in ("batch", "renorm", "ghost"):
             assert "chaos floor" in refuses(make_run(model__kind=conv, model__norm=norm))
     assert refuses(make_run(model__kind="cnn", model__norm="group")) is None
-    # Kept refused until the eval-time features merge, with the same reasons as before.
-    assert "record.activations" in refuses(make_run(record__activations=True))
-    assert "record.bn_eval" in refuses(make_run(record__bn_eval=["moving", "batch"]))
-    assert "model.bn_variance" in refuses(make_run(model__bn_variance="unbiased"))
+    # Eval-time features are handled at eval points (tests/test_vmap_eval.py).
+    assert refuses(make_run(record__activations=True)) is None
+    assert refuses(make_run(record__bn_eval=["moving", "batch"])) is None
+    assert refuses(make_run(model__bn_variance="unbiased")) is None
