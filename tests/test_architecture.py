@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bncompare"
 # layer or lower ones; within a layer, imports must not form a cycle either.
 LAYERS = [
     ("interrupts", "terminal", "results", "schedule", "callables", "backend"),  # no bncompare import
-    ("schema", "layers", "data"),
+    ("schema", "layers", "data", "seeding"),
     ("models",),
     ("config",),
     ("checkpoint", "bn_eval", "probes", "instruments"),  # what a run measures and saves

@@ -87,7 +87,9 @@ def test_dry_run_on_jax_shows_the_vmap_groups(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     # no_bn and bn differ in architecture: one vmap group each (both learning rates together);
-    # runs recording instruments train alone, and the run list says why.
-    assert sum('engine="vmap group' in line for line in lines) == 4, done.stdout
-    assert sum("fit alone (record." in line for line in lines) == 2, done.stdout
+    # the runs recording instruments are a group of their own (measured at eval points per member).
+    assert sum('engine="vmap group' in line for line in lines) == 6, done.stdout
+    assert sum('engine="vmap group 3 (2 runs)"' in line and "record.activations=true" in line
+               for line in lines) == 2, done.stdout
+    assert "fit alone" not in done.stdout
     assert not (tmp_path / "backends").exists()  # a dry run writes nothing
