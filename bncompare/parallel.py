@@ -1,7 +1,7 @@
 """`bncompare run --jobs auto|N`: worker processes share one sweep; the parent keeps one display.
 
 Workers ask the parent for groups of runs (as `engines.plan` makes them: a vmap group stays whole;
-a tf_pack group may be split so that every core has work, see `spread`), so no two ask for the same
+a tf_pack group may be split so that every core has work: `engines.plan(..., workers=)`), so no two ask for the same
 run; each run is still claimed on disk as in a single process, so parallel invocations from the
 shell stay safe too. A worker sees one GPU when GPUs are visible (worker i gets GPU i mod #GPUs).
 Training events come back through each worker's pipe (steps at most a few times a second) and drive
@@ -39,9 +39,6 @@ SHUTDOWN_SECONDS = 60  # after Ctrl-C, how long workers get to save their runs a
 # start-up (a process, the backend's import, the data) costs about as much as a few thousand steps
 # of a small model, so a small sweep (and the test suite's tiny configs) finishes sooner in one.
 AUTO_MIN_STEPS = 5000
-# Engines whose members learn, bit for bit, what they learn alone: their groups may be split
-# between workers without changing a number. A vmap group rounds differently with other members.
-SPLITTABLE = ("tf_pack",)
 
 
 def cores() -> int:
@@ -50,24 +47,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def spread(groups: list, jobs: int) -> list:
-    """`groups` with splittable groups halved (largest first) until every one of `jobs` workers
-    has a group, or none can be split."""
-    from bncompare.engines import Group
-
-    groups = list(groups)
-    while len(groups) < jobs:
-        splittable = [g for g in groups if g.engine in SPLITTABLE and len(g.runs) > 1]
-        if not splittable:
-            break
-        largest = max(splittable, key=lambda g: len(g.runs))
-        at = groups.index(largest)
-        half = (len(largest.runs) + 1) // 2
-        groups[at:at + 1] = [Group(largest.engine, largest.runs[:half], largest.note),
-                             Group(largest.engine, largest.runs[half:], largest.note)]
-    return groups
 
 
 def member_steps(runs: list[Run], datasets: dict) -> int:
@@ -88,7 +67,7 @@ def choose_jobs(runs: list[Run], datasets: dict, jobs: int | None, available: in
     if jobs is not None:
         return jobs, f"--jobs {jobs}"
     available = available or cores()
-    groups = len(spread(engines.plan(runs, backend_name()), available))
+    groups = len(engines.plan(runs, backend_name(), workers=available))
     workers = min(available, groups)
     steps = member_steps(runs, datasets)
     if workers <= 1 or steps < AUTO_MIN_STEPS:
@@ -238,7 +217,7 @@ def _worker(slot: int, environment: dict[str, str], out: Path, device: str, forc
 
 def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: str,
                      force: bool = False) -> tuple[list[Outcome], bool]:
-    """Train `runs` in `jobs` worker processes, group by group (engines.plan, then `spread`);
+    """Train `runs` in `jobs` worker processes, group by group (engines.plan for `jobs` workers);
     return an Outcome per run (in run order) and whether the sweep was interrupted.
 
     Every run ends with an outcome: a run a worker took but never reported is `interrupted` when the
@@ -247,7 +226,7 @@ def execute_parallel(runs: list[Run], out: Path, display, *, jobs: int, device: 
     """
     from bncompare import engines
 
-    groups = [(g.engine, g.runs) for g in spread(engines.plan(runs, backend_name()), jobs)]
+    groups = [(g.engine, g.runs) for g in engines.plan(runs, backend_name(), workers=jobs)]
     context = multiprocessing.get_context("spawn")  # fork would copy a half-initialised backend
     gpus = visible_gpus() if device != "cpu" else []
     pipes = [context.Pipe() for _ in range(jobs)]

@@ -251,11 +251,14 @@ def climbs(stops: list[str]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_a_sweeps_runs_climb_back_up_the_layers_at_most_eight_times(tmp_path):
-    """Issue #25's walk: 10 climbs before the contract/status/executors split, 7 after."""
+@pytest.mark.parametrize("jobs", [["--jobs", "1"], []], ids=["jobs-1", "jobs-auto"])
+def test_a_sweeps_runs_climb_back_up_the_layers_at_most_eight_times(tmp_path, jobs):
+    """Issue #25's walk: 10 climbs before the contract/status/executors split, 7 after (--jobs 1);
+    13 before and 8 after with the default --jobs auto, whose planner asks engines.plan once."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
-    stops = walk(["run", str(config), "--out", str(tmp_path / "out"), "--jobs", "1", "--quiet"])
+    stops = walk(["run", str(config), "--out", str(tmp_path / "out"), *jobs, "--quiet"])
     assert stops[0] == "cli" and "lifecycle" in stops, stops
     up = climbs(stops)
+    print(f"{len(up)} climbs, {len(stops)} stops: {' -> '.join(stops)}")
     assert len(up) <= MAX_CLIMBS, f"{len(up)} climbs: {' -> '.join(stops)}"

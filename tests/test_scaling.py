@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from bncompare import parallel
+from bncompare import engines, parallel
 from bncompare.cli import app
 from bncompare.config import load_runs
 from bncompare.engines import Group
@@ -83,8 +83,8 @@ def test_jobs_auto_trains_small_sweeps_here_and_gives_every_core_a_group():
     assert parallel.choose_jobs(runs, small, None, available=2) == (
         1, "--jobs auto: this process (160 steps: faster than starting workers)")
     # Only groups whose members learn what they learn alone are split.
-    assert [len(g.runs) for g in parallel.spread([Group("vmap", runs)], 2)] == [2]
-    assert [len(g.runs) for g in parallel.spread([Group("tf_pack", runs * 2)], 3)] == [1, 1, 2]
+    assert [len(g.runs) for g in engines.spread([Group("vmap", runs)], 2)] == [2]
+    assert [len(g.runs) for g in engines.spread([Group("tf_pack", runs * 2)], 3)] == [1, 1, 2]
 
 
 @pytest.mark.parametrize("jobs", ["0", "lots"])

@@ -21,6 +21,9 @@ from bncompare.config import Run
 
 # The group engine of each backend under `train.pack: auto`.
 GROUP_ENGINE = {"tensorflow": "tf_pack", "jax": "vmap", "torch": None}
+# Engines whose members learn, bit for bit, what they learn alone: their groups may be split
+# between workers without changing a number. A vmap group rounds differently with other members.
+SPLITTABLE = ("tf_pack",)
 
 
 _ENGINES: dict[str, object] = {}
@@ -59,9 +62,10 @@ class Group:
     note: str = ""  # why these runs train alone, when the group engine refused them
 
 
-def plan(runs: list[Run], backend: str, datasets: dict | None = None) -> list[Group]:
+def plan(runs: list[Run], backend: str, datasets: dict | None = None, workers: int = 1) -> list[Group]:
     """The runs grouped for training, in order of each group's first run. With `datasets` (by
-    engines.common.data_key), group sizes are capped by device memory; without, by a default."""
+    engines.common.data_key), group sizes are capped by device memory; without, by a default.
+    For `workers` processes (--jobs), splittable groups are halved until each has one (`spread`)."""
     from bncompare.engines.common import data_key
 
     datasets = datasets or {}
@@ -88,7 +92,23 @@ def plan(runs: list[Run], backend: str, datasets: dict | None = None) -> list[Gr
             group = groups[key] = Group(engine.name)
             order.append(group)
         group.runs.append(run)
-    return order
+    return spread(order, workers)
+
+
+def spread(groups: list[Group], workers: int) -> list[Group]:
+    """`groups` with splittable groups halved (largest first) until every one of `workers` has a
+    group, or none can be split."""
+    groups = list(groups)
+    while len(groups) < workers:
+        splittable = [g for g in groups if g.engine in SPLITTABLE and len(g.runs) > 1]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda g: len(g.runs))
+        at = groups.index(largest)
+        half = (len(largest.runs) + 1) // 2
+        groups[at:at + 1] = [Group(largest.engine, largest.runs[:half], largest.note),
+                             Group(largest.engine, largest.runs[half:], largest.note)]
+    return groups
 
 
 def _available(name: str | None):
