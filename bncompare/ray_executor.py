@@ -204,7 +204,12 @@ def execute_ray(runs: list[Run], out: Path, display, *, address: str | None, dev
         task = ray.remote(_train_task).options(
             num_cpus=1, num_gpus=1 if (gpus and device != "cpu") else 0, max_retries=RETRIES,
             runtime_env={"env_vars": env})
-        channel = ray.remote(num_cpus=0)(Channel).remote()
+        # On the driver's own node: the channel lives as long as the sweep does, and a worker node
+        # that dies mid-sweep (its tasks retried elsewhere) must not take the progress with it.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        channel = ray.remote(num_cpus=0)(Channel).options(scheduling_strategy=here).remote()
         try:
             sweep = _Sweep(ray, task, channel, out, display, device)
             return runner.sweep(runs, out, display, sweep.train, force=force)

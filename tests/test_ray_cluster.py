@@ -143,7 +143,9 @@ def test_a_worker_node_killed_mid_sweep_loses_no_run_and_changes_no_number(clust
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    summary = next(line for line in output.splitlines() if line.startswith("4 runs: "))
+    summaries = [line for line in output.splitlines() if line.startswith("4 runs: ")]
+    assert summaries, f"exit {driver.returncode}, no end table:\n{output}"
+    summary = summaries[0]
     if driver.returncode == 0:  # Ray retried the lost group on the head node
         assert summary.startswith("4 runs: 4 completed."), output
     else:  # or reported it failed, never as a success; a rerun on the head node trains it
