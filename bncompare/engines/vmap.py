@@ -56,7 +56,7 @@ from bncompare.models import build_model, layer_sizes, loss_function, per_exampl
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
 from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE
-from bncompare.engines.vmap_eval import as_member
+from bncompare.engines.vmap_eval import as_member, decaying
 from bncompare.seeding import set_random_seed
 
 NAME = "vmap"
@@ -359,14 +359,8 @@ class _Group:
             loss_of, has_aux=True)(trainable)
         # LossScaleOptimizer unscales the gradients (and skips a step whose gradients overflowed,
         # with ops.cond: a select under vmap) and then steps its inner optimizer, whose decay it is.
-        decayed = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        saved = decayed.weight_decay
-        if saved is not None:  # the member's decay, read by Keras as a number (None: off for all)
-            decayed.weight_decay = decay
-        try:
+        with decaying(self.optimizer, decay):  # the member's decay
             trainable, slots = self.optimizer.stateless_apply(slots, grads, trainable)
-        finally:
-            decayed.weight_decay = saved
         correct = jnp.sum(jnp.argmax(logits, axis=-1) == y)
         return (trainable, non_trainable, slots), loss, correct
 

@@ -21,6 +21,23 @@ from bncompare.engines.common import training_variables
 
 
 @contextmanager
+def decaying(optimizer, weight_decay) -> Iterator[None]:
+    """`optimizer` applying one member's `weight_decay` (a number or a traced value) meanwhile.
+
+    Keras reads `weight_decay` only as a number to multiply by, so the template's is swapped; a
+    LossScaleOptimizer steps its inner optimizer, whose decay it is. None (decay off) is the same for
+    the whole group (its key), so it is left alone."""
+    decayed = getattr(optimizer, "inner_optimizer", optimizer)
+    saved = decayed.weight_decay
+    if saved is not None:
+        decayed.weight_decay = weight_decay
+    try:
+        yield
+    finally:
+        decayed.weight_decay = saved
+
+
+@contextmanager
 def as_member(model, optimizer, values: list[np.ndarray], weight_decay: float | None) -> Iterator[None]:
     """The template `model` and `optimizer` holding one member's training state: `values` in
     `training_variables` order (its checkpoint's), and its weight decay.
@@ -31,10 +48,5 @@ def as_member(model, optimizer, values: list[np.ndarray], weight_decay: float | 
     """
     for variable, value in zip(training_variables(model, optimizer), values, strict=True):
         variable.assign(value)
-    saved = optimizer.weight_decay
-    if saved is not None:  # on or off for the whole group (its key); the value is the member's
-        optimizer.weight_decay = weight_decay
-    try:
+    with decaying(optimizer, weight_decay):
         yield
-    finally:
-        optimizer.weight_decay = saved
