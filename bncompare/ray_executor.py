@@ -37,7 +37,8 @@ from bncompare.status import Outcome
 
 # Variables a task needs to behave like a local run; the data directory is forwarded as a path,
 # which must exist on the nodes (or leave it unset and let each node download into its cache).
-FORWARDED = ("KERAS_BACKEND", "BNCOMPARE_DATA_DIR", "TF_CPP_MIN_LOG_LEVEL", "BNCOMPARE_THREADS")
+FORWARDED = ("KERAS_BACKEND", "BNCOMPARE_DATA_DIR", "TF_CPP_MIN_LOG_LEVEL", "BNCOMPARE_THREADS",
+             "TF_NUM_INTEROP_THREADS")
 RETRIES = 1
 IN_FLIGHT_PER_CPU = 2  # groups submitted per cluster CPU: enough to keep every worker busy
 CONNECT_SECONDS = 5  # an address where nothing answers this fast is reported as unreachable
@@ -201,6 +202,7 @@ def execute_ray(runs: list[Run], out: Path, display, *, address: str | None, dev
         if device == "gpu" and not gpus:
             raise DeviceError("--device gpu: the Ray cluster has no GPUs")
         env = {k: os.environ[k] for k in FORWARDED if k in os.environ}
+        env.setdefault("TF_NUM_INTEROP_THREADS", "1")  # a task holds one CPU (see parallel.worker_environment)
         task = ray.remote(_train_task).options(
             num_cpus=1, num_gpus=1 if (gpus and device != "cpu") else 0, max_retries=RETRIES,
             runtime_env={"env_vars": env})

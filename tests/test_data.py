@@ -41,3 +41,13 @@ def test_an_empty_split_names_the_file(data_dir, train, test, problem):
 def test_a_good_copy_loads(data_dir):
     save_mnist(data_dir / "mnist.npz", 20)
     assert data.load_dataset("mnist").x_train.shape == (20, 28, 28, 1)
+
+
+def test_images_are_scaled_to_the_bits_of_dividing_by_255():
+    """The in-place scaling gives what `x.astype(float32) / 255.0` gives, to the last bit: every
+    recorded number depends on it."""
+    pixels = np.arange(256, dtype=np.uint8).repeat(7).reshape(-1, 4, 7)
+    scaled = data._images(pixels)
+    expected = pixels[..., None].astype(np.float32) / 255.0
+    assert scaled.shape == (64, 4, 7, 1) and scaled.dtype == np.float32
+    assert np.array_equal(scaled.view(np.int32), expected.view(np.int32))

@@ -87,6 +87,33 @@ def test_jobs_auto_trains_small_sweeps_here_and_gives_every_core_a_group():
     assert [len(g.runs) for g in engines.spread([Group("tf_pack", runs * 2)], 3)] == [1, 1, 2]
 
 
+def test_a_split_pack_gives_each_worker_as_much_to_train():
+    """A sweep lists every no_bn run before every bn run; halving it in the middle would give one
+    worker all the BN runs (the slower ones). Each half gets half of each, in the runs' order."""
+    rates = "[0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]"
+    runs = load_runs([ROOT / "configs" / "mnist.yaml"], [f"sweep.train.learning_rate={rates}"])
+    halves = engines.plan(runs, "tensorflow", workers=2)
+    assert [g.engine for g in halves] == ["tf_pack", "tf_pack"]
+    for half in halves:
+        assert sorted(r.variant for r in half.runs) == ["bn"] * 4 + ["no_bn"] * 4
+        assert half.runs == sorted(half.runs, key=runs.index)
+    assert halves[0].runs[0] is runs[0]
+    assert sorted(halves[0].runs + halves[1].runs, key=runs.index) == runs
+    quarters = engines.plan(runs, "tensorflow", workers=4)
+    assert [sorted(r.variant for r in q.runs) for q in quarters] == [["bn"] * 2 + ["no_bn"] * 2] * 4
+
+
+def test_workers_share_the_cores_between_their_inter_op_pools(monkeypatch):
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 8)
+    assert parallel.worker_environment(0, 2, []) == {"TF_NUM_INTEROP_THREADS": "4"}
+    assert parallel.worker_environment(1, 8, ["0", "1"]) == {"TF_NUM_INTEROP_THREADS": "1",
+                                                             "CUDA_VISIBLE_DEVICES": "1"}
+    assert parallel.worker_environment(0, 16, [])["TF_NUM_INTEROP_THREADS"] == "1"
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")  # the user's own choice is kept
+    assert parallel.worker_environment(0, 2, [])["TF_NUM_INTEROP_THREADS"] == "3"
+
+
 @pytest.mark.parametrize("jobs", ["0", "lots"])
 def test_jobs_is_auto_or_a_positive_number(tiny_config, tmp_path, jobs):
     result = CliRunner().invoke(app, ["run", str(tiny_config), "--out", str(tmp_path / "r"), "--jobs", jobs])
