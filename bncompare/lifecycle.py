@@ -141,6 +141,10 @@ class Recorder:
         if problem:
             self.warn(problem)
 
+    def trained_in(self, members: int) -> None:
+        """See engines.contract.Reporter.trained_in: a second resume reads it to pad alike."""
+        self.metrics.data["engine"] = {**self.metrics.data["engine"], "members": members}
+
     def block(self, step: int, loss: float, accuracy: float) -> bool:
         """After a compiled call: the mean training loss and accuracy since the last eval point."""
         if not self.active:

@@ -41,6 +41,10 @@ class Reporter(Protocol):
               state: Callable[[], tuple[list, Any]] | None = None) -> bool:
         """An eval point (see lifecycle.Recorder.point). False when the run has ended."""
 
+    def trained_in(self, members: int) -> None:
+        """The size of the program the run trains in, when it is not the group's: a resumed vmap
+        group padded to the size its members were trained at (recorded in metrics.json's engine)."""
+
 
 @dataclass
 class Member:

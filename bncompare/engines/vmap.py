@@ -279,7 +279,7 @@ class _Group:
         padding = self.lanes - len(members)
         if padding:  # recorded, so that a second resume pads to the same size again
             for member in members:
-                member.recorder.metrics.data["engine"] = {"name": NAME, "members": self.lanes}
+                member.recorder.trained_in(self.lanes)
         # Stacked on the host and copied once: jnp.stack compiles a program per leaf shape.
         stacked = jax.tree.map(lambda *values: np.stack(values), *states, *[states[0]] * padding)
         self.state = jax.device_put(stacked, self.device)
