@@ -178,7 +178,8 @@ def _images(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.uint8:
         return x.astype(np.float32)
     # In place: `x.astype(np.float32) / 255.0` gives the same bits but allocates a second copy
-    # (188 MB for MNIST), which took 0.6-0.9 s of a process's start here against 0.05 s.
+    # (188 MB for MNIST), whose page faults cost most of a process's data loading
+    # (docs/guide.md, "Speed").
     images = x.astype(np.float32)
     images /= np.float32(255.0)
     return images

@@ -98,8 +98,7 @@ def worker_environment(slot: int, jobs: int, gpus: list[str]) -> dict[str, str]:
     # a sequential run), so N workers use about N cores. TensorFlow's inter-op pool (independent
     # ops at once, such as a pack's members) gets the cores left per worker: a pool as wide as the
     # machine in every worker only hands ops between threads that compete for the same cores
-    # (measured: a worker with one BN MLP trains 12% slower with 2 inter-op threads on 2 cores
-    # beside another worker). The pool runs whole kernels, so the numbers do not depend on it.
+    # (docs/guide.md, "Speed"). The pool runs whole kernels, so the numbers do not depend on it.
     environment = {"TF_NUM_INTEROP_THREADS": os.environ.get(
         "TF_NUM_INTEROP_THREADS", str(max(1, cores() // max(1, jobs))))}
     if gpus:

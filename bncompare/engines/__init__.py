@@ -112,8 +112,8 @@ def spread(groups: list[Group], workers: int) -> list[Group]:
 def halves(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     """`runs` in two halves of about equal training time (each in the runs' order), so that the
     workers they go to finish together: costliest first, each to the half with less so far.
-    Splitting a sweep's order in the middle would give one worker every BN run (measured: the
-    no_bn half of a 16-run pack finished 5.6 s before the BN half, on a 25 s sweep)."""
+    Splitting a sweep's order in the middle would give one worker every BN run, and the other
+    would wait for it (docs/guide.md, "Speed")."""
     if len(runs) < 2:
         return list(runs), []
     totals, sides = [0.0, 0.0], ([], [])
@@ -127,8 +127,8 @@ def halves(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 
 def step_cost(run: Run) -> float:
     """A rough relative cost of one training step, only to balance `halves`: the hidden layers'
-    weights (units or filters, consecutive products), a third more with a normaliser (a BN MLP's
-    steps took 1.34x a plain one's in a tf_pack worker here)."""
+    weights (units or filters, consecutive products), a third more with a normaliser (about what
+    a BN MLP's steps cost over a plain one's in a tf_pack worker on CPU)."""
     from bncompare.models import layer_sizes, norm_of
 
     sizes = layer_sizes(run.params)
