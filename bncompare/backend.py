@@ -41,7 +41,7 @@ def backend_name() -> str:
     keras = sys.modules.get("keras")
     if keras is not None and hasattr(keras, "backend"):
         return keras.backend.backend()
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    return os.environ.get("KERAS_BACKEND") or "tensorflow"
 
 
 def select_device(device: str) -> None:

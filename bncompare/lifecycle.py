@@ -33,8 +33,8 @@ from bncompare.results import (CONFIG_FILE, FINISHED, METRICS_FILE, Claim, Metri
                                remove_stale_temporaries, strict, write_config)
 from bncompare.schedule import Schedule
 from bncompare.skipping import finished_record, run_dir as run_dir_of
-from bncompare.status import (BUSY_ELSEWHERE, CRASHED, DIVERGED, INTERRUPTED, LOST, REFUSED, UNREADABLE,
-                              Outcome, decide, ended_by, error_text, explosion_limit, is_bad,
+from bncompare.status import (BUSY_ELSEWHERE, CRASHED, DIVERGED, INTERRUPTED, LOST, REFUSED, RUNNING,
+                              UNREADABLE, Outcome, decide, ended_by, error_text, explosion_limit, is_bad,
                               shows_divergence)
 
 # An eval point is checkpointed only when the training since the run's last checkpoint took at least
@@ -360,7 +360,7 @@ def resume_point(run_dir: Path, identity: dict[str, Any]) -> tuple[Checkpoint | 
     # "running" under our own claim: the process that wrote it died (SIGKILL, power loss).
     if status in FINISHED:  # retrained by --force: its kept checkpoint is the old run's end
         found, why_not = None, None
-    elif found is not None and status not in (INTERRUPTED, "running"):
+    elif found is not None and status not in (INTERRUPTED, RUNNING):
         found, why_not = None, f"its checkpoint belongs to a run that ended {status or 'unrecorded'}"
     if found is None:
         checkpoint.remove(run_dir)
@@ -568,7 +568,7 @@ def record_failure(run: Run, run_dir: Path, error: BaseException, only_missing: 
     except UnreadableRun:  # it broke before its metrics.json existed
         metrics = {"schema": 1, "experiment": run.experiment, "run_id": run.run_id,
                    "variant": run.variant, "params": run.params, "history": {}, "final": {}}
-    if metrics.get("status") in (None, "running", INTERRUPTED):
+    if metrics.get("status") in (None, RUNNING, INTERRUPTED):
         metrics.update(status=ended_by(error), finished_at=now(), error=error_text(error))
         try:
             write_json(run_dir / METRICS_FILE, metrics)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bncompare import interrupts
-from bncompare.backend import DeviceError
+from bncompare.backend import DeviceError, backend_name
 from bncompare.config import Run
 from bncompare.lifecycle import InterruptedGroup, claim_group, settle_group
-from bncompare.parallel import SHUTDOWN_SECONDS, Forward, backend_name, relay
+from bncompare.parallel import SHUTDOWN_SECONDS, Forward, relay
 from bncompare.results import METRICS_FILE, write_bytes_atomic, write_json
 from bncompare.status import Outcome
 

@@ -116,11 +116,12 @@ def halves(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     would wait for it (docs/guide.md, "Speed")."""
     if len(runs) < 2:
         return list(runs), []
+    costs = [step_cost(run) for run in runs]
     totals, sides = [0.0, 0.0], ([], [])
-    for index in sorted(range(len(runs)), key=lambda i: -step_cost(runs[i])):
+    for index in sorted(range(len(runs)), key=lambda i: -costs[i]):
         side = 0 if (totals[0], len(sides[0])) <= (totals[1], len(sides[1])) else 1
         sides[side].append(index)
-        totals[side] += step_cost(runs[index])
+        totals[side] += costs[index]
     first, second = sorted((sorted(side) for side in sides), key=min)  # the first run's half first
     return [runs[i] for i in first], [runs[i] for i in second]
 

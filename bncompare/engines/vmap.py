@@ -52,7 +52,8 @@ from bncompare import interrupts
 from bncompare.backend import backend_name, import_keras
 from bncompare.config import Run
 from bncompare.data import Dataset
-from bncompare.models import build_model, layer_sizes, loss_function, per_example_loss
+from bncompare.models import (BATCH_NORMS, CONVOLUTIONAL, build_model, layer_sizes, loss_function,
+                              norm_of, per_example_loss)
 # Schedule (the members' `schedule`) is only used through its documented methods, wherever it lives.
 from bncompare.engines.common import check_shapes, make_optimizer, steps_per_execution
 from bncompare.engines.contract import EVAL_BATCH_SIZE, START_PROBE
@@ -106,12 +107,12 @@ HANDLED = frozenset({
 # fit, 2.5x outside the contract, also as a group of one member: XLA compiles a convolution step
 # inside the block's lax loop differently from fit's top-level step (docs/vmap.md), and BN's
 # training amplifies the rounding.
-BATCH_STATISTICS = ("batch", "renorm", "ghost")
 CONVOLUTION_WITH_BATCH_STATISTICS = (
     "measured outside its solo run's chaos floor in the vmap engine, even as a group of one "
     "(docs/vmap.md)")
-# Model kinds whose members run one after another (lax.map) inside the program: see _over_members.
-SEQUENTIAL_KINDS = ("cnn", "rescnn")
+# Model kinds whose members run one after another (lax.map) inside the program: the convolutional
+# ones (models.CONVOLUTIONAL), see _over_members.
+SEQUENTIAL_KINDS = CONVOLUTIONAL
 
 
 class VmapEngine:
@@ -137,8 +138,8 @@ class VmapEngine:
                              ("train.precision", PRECISIONS), ("train.optimizer", OPTIMIZERS)):
             if params.get(key) not in allowed:
                 return f"{key}={params.get(key)}: not one the vmap engine trains ({_listed(allowed)})"
-        norm = params.get("model.norm") or ("batch" if params.get("model.batch_norm") else "none")
-        if params["model.kind"] in SEQUENTIAL_KINDS and norm in BATCH_STATISTICS:
+        norm = norm_of(params)
+        if params["model.kind"] in SEQUENTIAL_KINDS and norm in BATCH_NORMS:
             return (f"model.kind={params['model.kind']} with model.norm={norm}: "
                     + CONVOLUTION_WITH_BATCH_STATISTICS)
         return None
@@ -153,7 +154,7 @@ class VmapEngine:
         params.pop("model.width", None)
         if run.params.get("train.optimizer") != "momentum":
             params.pop("train.momentum", None)
-        if not _batch_norm(run.params):
+        if norm_of(run.params) == "none":  # no normaliser reads BN's momentum and epsilon
             params.pop("model.bn_momentum", None)
             params.pop("model.bn_epsilon", None)
         # Decay on or off changes the program (make_optimizer passes None for 0); its value does not.
@@ -212,11 +213,6 @@ def member_bytes(params: dict[str, Any], data: Dataset) -> int:
     # Training keeps each layer's output for the backward pass plus a gradient of the same size.
     batch = 3 * activations * params["train.batch_size"] + activations * EVAL_BATCH_SIZE
     return 4 * ((2 + slots) * weights + batch + len(data.x_train))
-
-
-def _batch_norm(params: dict[str, Any]) -> bool:
-    """Whether the model has BN layers (whose momentum and epsilon then shape the program)."""
-    return bool(params.get("model.batch_norm")) or params.get("model.norm") not in (None, "none")
 
 
 def _hashable(value: Any) -> Hashable:
